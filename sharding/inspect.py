@@ -1,0 +1,77 @@
+"""`sharding inspect`: summarise index.json, decode samples, and optionally verify checksums."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import decord
+
+from sharding.build import _sha256
+from usvs_dist.data import schema
+
+
+def load_index(folder: Path) -> dict:
+    """Read and version-check a shard folder's index.json."""
+    path = folder / schema.INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a folder written by `sharding build`)")
+    index = json.loads(path.read_text())
+    if index.get("format_version") != schema.FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {index.get('format_version')!r}, "
+                         f"this tool reads version {schema.FORMAT_VERSION}")
+    return index
+
+
+def decode_first(shard: Path) -> str:
+    """Decode the first sample of a shard with Decord; returns a one-line description."""
+    with tarfile.open(shard) as tar:
+        members = {}
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            if len(members[key]) == 2:
+                break
+    key, sample = next(iter(members.items()))
+    meta = json.loads(sample[schema.META_KEY])
+    video = decord.VideoReader(io.BytesIO(sample[schema.VIDEO_KEY]), num_threads=1)
+    frames = video.get_batch(list(range(min(len(video), meta[schema.META_FRAMES])))).asnumpy()
+    audio = decord.AudioReader(io.BytesIO(sample[schema.VIDEO_KEY]), sample_rate=schema.AUDIO_RATE, mono=True)
+    return (f"{key}: video {tuple(frames.shape)} audio {audio.shape} "
+            f"speech_ratio={meta[schema.META_SPEECH_RATIO]} labels={'yes' if schema.META_LABELS in meta else 'no'}")
+
+
+def inspect(folder: Path, verify: bool = False, log=print) -> int:
+    """Print the summary; with `verify`, re-hash every shard and decode one sample of each.
+
+    Returns the number of problems found (0 when all is well).
+    """
+    index = load_index(folder)
+    totals = index["totals"]
+    log(f"{folder}: format v{index['format_version']}, {totals['clips']} clips, {totals['seconds']} s, "
+        f"{totals['scans']} scans ({totals['failed_scans']} failed); clips {index['clip_seconds']} s "
+        f"at {index['fps']} fps, {index['size'][0]}x{index['size'][1]}, audio {index['audio_rate']} Hz")
+    for split, info in index["splits"].items():
+        log(f"  {split}: {info['clips']} clips, {info['scans']} scans, {len(info['patients'])} patients")
+    hist = index["speech_ratio_histogram"]
+    log(f"  speech ratio histogram {hist['counts']} over edges {hist['edges']}")
+    problems = 0
+    shards = index["shards"] if verify else index["shards"][:1]
+    for shard in shards:
+        path = folder / shard["name"]
+        if not path.is_file():
+            log(f"  MISSING {shard['name']}")
+            problems += 1
+            continue
+        if verify and _sha256(path) != shard["sha256"]:
+            log(f"  CHECKSUM MISMATCH {shard['name']}")
+            problems += 1
+            continue
+        try:
+            log(f"  {shard['name']}: {decode_first(path)}")
+        except Exception as exc:  # any decode failure is a problem to report, not a crash
+            log(f"  UNDECODABLE {shard['name']}: {type(exc).__name__}: {exc}")
+            problems += 1
+    return problems

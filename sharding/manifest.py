@@ -1,0 +1,61 @@
+"""Reading and checking the raw-scan manifest (../shared/DESIGN.md, "Raw scan manifest")."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+COLUMNS = ("scan_id", "patient_id", "video", "audio", "labels", "gaze")
+REQUIRED = ("scan_id", "patient_id", "video")
+
+
+class ManifestError(ValueError):
+    """The manifest itself is unusable (missing file or column, duplicate scan id)."""
+
+
+@dataclass(frozen=True)
+class ScanRow:
+    """One scan of the manifest; paths resolved against the manifest's folder."""
+
+    row: int
+    scan_id: str
+    patient_id: str
+    video: Path
+    audio: Path | None
+    labels: Path | None
+    gaze: Path | None
+
+
+def read_manifest(path: Path) -> list[ScanRow]:
+    """Parse the manifest CSV; raises ManifestError naming the file, column or row."""
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist (expected a CSV with columns {', '.join(COLUMNS)})")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ManifestError(f"manifest {path} lacks column(s) {', '.join(missing)} "
+                                f"(expected header: {','.join(COLUMNS)})")
+        rows: list[ScanRow] = []
+        seen: dict[str, int] = {}
+        for n, raw in enumerate(reader, start=2):
+            rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            for col in REQUIRED:
+                if not rec[col]:
+                    raise ManifestError(f"manifest {path} line {n}: column {col} is empty")
+            if rec["scan_id"] in seen:
+                raise ManifestError(f"manifest {path} line {n}: duplicate scan_id "
+                                    f"(first on line {seen[rec['scan_id']]})")
+            seen[rec["scan_id"]] = n
+            base = path.parent
+
+            def resolve(col: str) -> Path | None:
+                return (base / rec[col]) if rec[col] else None
+
+            rows.append(ScanRow(n, rec["scan_id"], rec["patient_id"], base / rec["video"],
+                                resolve("audio"), resolve("labels"), resolve("gaze")))
+    if not rows:
+        raise ManifestError(f"manifest {path} has a header but no scans")
+    return rows

@@ -1,0 +1,31 @@
+"""Typed configuration: dataclass tree, YAML + dotlist loading, validation, flattening."""
+
+from usvs_dist.config.load import flatten, from_dict, load_config, to_dict, to_yaml
+from usvs_dist.config.schema import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    PhantomConfig,
+    RootConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "PhantomConfig",
+    "RootConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "flatten",
+    "from_dict",
+    "load_config",
+    "to_dict",
+    "to_yaml",
+]

@@ -1,0 +1,232 @@
+"""The typed configuration tree of a pretraining run.
+
+The defaults *are* the CPU quickstart (`configs/quickstart.yaml` restates them, and a test keeps
+the two equal), so `python -m usvs_dist.train` with no arguments runs on embedded defaults.
+Each section validates itself in `__post_init__`; errors name the full key and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DECODE_DEVICES = ("auto", "cpu", "gpu")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the full key."""
+
+
+def _check(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key}={value!r} is invalid: expected {expected}")
+
+
+@dataclass(kw_only=True)
+class PhantomConfig:
+    """Phantom data set built into the local cache when `data.shards` is empty."""
+
+    cache_dir: str = "~/.cache/usvs_dist"
+    """Where phantom scans and shards are cached, keyed by the settings below."""
+    scans: int = 8
+    """Number of phantom scans (one patient each)."""
+    seconds: float = 30.0
+    """Length of each phantom scan in seconds."""
+    seed: int = 0
+    """Seed of the phantom generator: same seed, same bytes."""
+    speech_share: float = 0.8
+    """Share of plane segments whose narration is about the plane (the rest: chatter/silence)."""
+    clip_seconds: float = 2.0
+    """Clip length cut by `sharding build`."""
+    fps: float = 8.0
+    """Frame rate stored in the shards."""
+    size: int = 64
+    """Frame side length stored in the shards (square)."""
+
+    def __post_init__(self) -> None:
+        _check(self.scans >= 2, "phantom.scans", self.scans, "an integer >= 2")
+        _check(self.seconds >= 2 * self.clip_seconds, "phantom.seconds", self.seconds,
+               f">= 2 x phantom.clip_seconds ({2 * self.clip_seconds})")
+        _check(0.0 <= self.speech_share <= 1.0, "phantom.speech_share", self.speech_share,
+               "a fraction in [0, 1]")
+        _check(self.clip_seconds > 0, "phantom.clip_seconds", self.clip_seconds, "> 0")
+        _check(1.0 <= self.fps <= 60.0, "phantom.fps", self.fps, "in [1, 60]")
+        _check(16 <= self.size <= 512, "phantom.size", self.size, "in [16, 512]")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Shard stream, decoding and the tensors a batch holds."""
+
+    shards: str = ""
+    """Directory holding index.json and the tar shards; empty: the phantom cache."""
+    split: str = "train"
+    """Split to train on (train, val or test)."""
+    batch_size: int = 8
+    """Clips per rank per step (the micro-batch); the global batch is this x world size."""
+    num_frames: int = 8
+    """Frames T sampled uniformly from each clip (the papers use 14)."""
+    frame_size: int = 64
+    """Side of the square frames fed to the encoders (the papers use 128)."""
+    channels: int = 1
+    """1 for grey, 3 to replicate grey into RGB-shaped stems."""
+    sample_rate: int = 16000
+    """Audio rate the narration is decoded at."""
+    n_fft: int = 512
+    """Log-mel FFT size (32 ms at 16 kHz)."""
+    hop_length: int = 160
+    """Log-mel hop (10 ms at 16 kHz)."""
+    n_mels: int = 64
+    """Mel bins M."""
+    f_min: float = 50.0
+    """Lowest mel frequency in Hz."""
+    f_max: float = 8000.0
+    """Highest mel frequency in Hz."""
+    loader_workers: int = 1
+    """DataLoader worker processes per rank."""
+    shuffle_buffer: int = 64
+    """Samples held for shuffling (raw bytes, before decoding)."""
+    decode_threads: int = 1
+    """Decord threads per reader; more than 2 per loader worker oversubscribes cores."""
+    decode_device: str = "auto"
+    """auto: GPU when Decord has CUDA and a GPU is used, else CPU (with a warning); cpu; gpu."""
+    seed: int = 0
+    """Seed of shard and sample shuffling (the rank is mixed in for samples)."""
+
+    def __post_init__(self) -> None:
+        _check(self.split in ("train", "val", "test"), "data.split", self.split,
+               "one of train, val, test")
+        _check(self.batch_size >= 2, "data.batch_size", self.batch_size,
+               "an integer >= 2 (contrastive losses need negatives)")
+        _check(self.num_frames >= 1, "data.num_frames", self.num_frames, "an integer >= 1")
+        _check(self.frame_size >= 16, "data.frame_size", self.frame_size, "an integer >= 16")
+        _check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
+        _check(self.sample_rate > 0, "data.sample_rate", self.sample_rate, "> 0")
+        _check(self.n_fft >= 16, "data.n_fft", self.n_fft, "an integer >= 16")
+        _check(0 < self.hop_length <= self.n_fft, "data.hop_length", self.hop_length,
+               f"in (0, data.n_fft={self.n_fft}]")
+        _check(self.n_mels >= 1, "data.n_mels", self.n_mels, "an integer >= 1")
+        _check(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "data.f_max", self.f_max,
+               f"f_min < f_max <= sample_rate/2 ({self.sample_rate / 2})")
+        _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
+        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, ">= 1")
+        _check(self.decode_threads >= 0, "data.decode_threads", self.decode_threads, ">= 0")
+        _check(self.decode_device in DECODE_DEVICES, "data.decode_device", self.decode_device,
+               f"one of {', '.join(DECODE_DEVICES)}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Encoders and projection heads."""
+
+    video: str = "tiny3d"
+    """Video encoder name from usvs_dist.models.VIDEO_ENCODERS (checked before Ray starts)."""
+    audio: str = "tiny2d"
+    """Audio encoder name from usvs_dist.models.AUDIO_ENCODERS (checked before Ray starts)."""
+    width: int = 16
+    """Base channel width of the tiny encoders."""
+    embed_dim: int = 64
+    """Shared latent size D (512 at paper size)."""
+
+    def __post_init__(self) -> None:
+        _check(self.width >= 1, "model.width", self.width, "an integer >= 1")
+        _check(self.embed_dim >= 2, "model.embed_dim", self.embed_dim, "an integer >= 2")
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    """The training objective (recipes of ../shared/METHODS.md)."""
+
+    recipe: str = "va_infonce"
+    """Name in usvs_dist.losses.RECIPES; va_infonce: symmetric video<->audio InfoNCE."""
+    temperature: float = 0.1
+    """InfoNCE temperature tau (seed 002: 0.1)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.temperature <= 1.0, "objective.temperature", self.temperature,
+               "a float in (0, 1]")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """Optimizer; DeepSpeed wraps a torch optimizer built from this."""
+
+    name: str = "adamw"
+    """adamw, adam or sgd (torch optimizers: FusedAdam needs CUDA)."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 1e-4
+    """Decoupled (adamw) or L2 (adam, sgd) weight decay."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip; 0 turns it off (DeepSpeed clips at 1.0 unless told)."""
+
+    def __post_init__(self) -> None:
+        _check(self.name in OPTIMIZERS, "optim.name", self.name, f"one of {', '.join(OPTIMIZERS)}")
+        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Ray Train scaling, DeepSpeed ZeRO and checkpoints."""
+
+    num_workers: int = 2
+    """Ray Train workers (ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker; NCCL and bf16 on GPU, gloo and fp32 on CPU."""
+    cpus_per_worker: int = 1
+    """CPUs Ray reserves per worker."""
+    steps: int = 40
+    """Optimizer steps in the run."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3."""
+    checkpoint_every: int = 20
+    """Report a checkpoint every this many steps (and at the last step)."""
+    keep_checkpoints: int = 2
+    """Checkpoints Ray keeps in storage."""
+    storage_path: str = "ray_results"
+    """Ray Train storage (local dir or URI); relative paths resolve against the working dir."""
+    run_name: str = ""
+    """Unique run name; same name and storage resume. Empty: generated."""
+    log_every: int = 1
+    """Log metrics every this many steps."""
+    seed: int = 0
+    """Seed of model init (the rank is mixed in for augmentation)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "train.num_workers", self.num_workers, "an integer >= 1")
+        _check(self.cpus_per_worker >= 1, "train.cpus_per_worker", self.cpus_per_worker, ">= 1")
+        _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
+        _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, ">= 1")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, ">= 1")
+        _check(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
+        _check(bool(self.storage_path), "train.storage_path", self.storage_path, "a path or URI")
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    """MLflow tracking (rank 0 only)."""
+
+    uri: str = "sqlite:///mlruns.db"
+    """Tracking URI; MLFLOW_TRACKING_URI in the environment wins when set."""
+    experiment: str = "usvs_dist"
+    """Experiment name; created once by the driver."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.uri), "tracking.uri", self.uri, "an MLflow tracking URI")
+        _check(bool(self.experiment), "tracking.experiment", self.experiment, "a name")
+
+
+@dataclass(kw_only=True)
+class RootConfig:
+    """A whole pretraining run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

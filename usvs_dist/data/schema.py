@@ -1,0 +1,60 @@
+"""The shard-format contract (version 1) shared by `sharding` (writer) and the loader (reader).
+
+Import-light on purpose (standard library only): ../shared/DESIGN.md "Shard format" is the
+prose form of what is fixed here.
+"""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+SPLITS = ("train", "val", "test")
+AUDIO_RATE = 16000
+"""Narration in every clip is mono at this rate."""
+
+VIDEO_KEY = "mp4"
+"""Sample key of the clip: H.264 video (grey in luma) plus the narration as an audio stream."""
+META_KEY = "json"
+"""Sample key of the clip's metadata (the META_* fields below)."""
+
+META_SCAN = "scan"
+META_PATIENT = "patient"
+META_T0 = "t0"
+META_T1 = "t1"
+META_FPS = "fps"
+META_FRAMES = "frames"
+META_SPEECH_RATIO = "speech_ratio"
+META_LOUDNESS = "loudness_dbfs"
+META_LABELS = "labels"
+META_GAZE = "gaze"
+
+PLANES = (
+    "3vt",
+    "4ch",
+    "abdomen",
+    "femur",
+    "brain_tv",
+    "kidneys",
+    "lvot",
+    "lips",
+    "profile",
+    "rvot",
+    "brain_tc",
+    "spine_cor",
+    "spine_sag",
+    "background",
+)
+"""The 14 standard-plane classes (13 planes + background) of ../shared/METHODS.md, in label order."""
+BACKGROUND = PLANES.index("background")
+
+
+def shard_name(split: str, index: int) -> str:
+    """File name of shard `index` of `split`: `{split}-{index:06d}.tar`."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    return f"{split}-{index:06d}.tar"
+
+
+def sample_key(scan_hash: str, t0_seconds: float) -> str:
+    """Sample key `{scan_hash}_{t0_ms:09d}`; no dots, which WebDataset reads as extensions."""
+    return f"{scan_hash}_{round(t0_seconds * 1000):09d}"

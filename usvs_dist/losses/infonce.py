@@ -1,0 +1,41 @@
+"""Cross-modal InfoNCE with negatives gathered from every rank (METHODS.md, seed 002 eq. L_c).
+
+L_c(x, y) = -(1/N) sum_k log( exp(s(x_k, y_k)/tau) / sum_j exp(s(x_k, y_j)/tau) ), s = cosine.
+Shapes: B local batch, N = W*B global batch, D embedding. Each rank computes its B rows against
+the N gathered columns (the local-loss trick): logits are B x N, never N x N, and the gradient,
+averaged over ranks, equals that of one process holding the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from usvs_dist.dist import collectives
+
+
+def info_nce(anchor_BD: torch.Tensor, candidate_BD: torch.Tensor, temperature: float,
+             symmetric: bool = True) -> torch.Tensor:
+    """InfoNCE of anchors x against candidates y over the global batch; symmetrised by default.
+
+    Args:
+        anchor_BD: this rank's anchors (e.g. video embeddings), unnormalised.
+        candidate_BD: this rank's positives, row k pairs with anchor row k (e.g. audio).
+        temperature: tau > 0.
+        symmetric: return 1/2 [L_c(x, y) + L_c(y, x)] instead of L_c(x, y).
+
+    Returns:
+        The scalar loss averaged over this rank's rows; its mean over ranks is the global loss.
+    """
+    if anchor_BD.shape != candidate_BD.shape:
+        raise ValueError(f"anchor {tuple(anchor_BD.shape)} and candidate {tuple(candidate_BD.shape)} differ")
+    x_BD = F.normalize(anchor_BD, dim=-1)
+    y_BD = F.normalize(candidate_BD, dim=-1)
+    B = x_BD.shape[0]
+    targets_B = torch.arange(B, device=x_BD.device) + collectives.rank() * B
+    y_ND = collectives.gather_with_grad(y_BD)
+    loss = F.cross_entropy(x_BD @ y_ND.T / temperature, targets_B)
+    if not symmetric:
+        return loss
+    x_ND = collectives.gather_with_grad(x_BD)
+    return 0.5 * (loss + F.cross_entropy(y_BD @ x_ND.T / temperature, targets_B))

@@ -1,0 +1,10 @@
+"""Side effects behind a small interface: MLflow on rank 0, nothing elsewhere.
+
+`Tracker.log_metrics(metrics, step)`, `log_artifact(path)`, `close()`. MLflow failures become
+warnings: a multi-day run must not die because the tracking server blinked.
+"""
+
+from usvs_dist.tracking.base import NullTracker, Tracker
+from usvs_dist.tracking.mlflow_tracker import MlflowTracker, finish_run, open_run, resolve_uri
+
+__all__ = ["MlflowTracker", "NullTracker", "Tracker", "finish_run", "open_run", "resolve_uri"]

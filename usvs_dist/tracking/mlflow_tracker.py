@@ -1,0 +1,97 @@
+"""MLflow: the driver opens and closes the run; rank 0 logs into it by run id.
+
+The driver creates the experiment and the run once (SQLite races on concurrent experiment
+creation) and hands the run id to the workers, so a restarted worker group logs into the same
+run rather than a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+RUN_NAME_TAG = "usvs.run_name"
+MAX_PARAM_CHARS = 6000
+BATCH = 100
+
+
+def resolve_uri(uri: str, workdir: str | Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI when set, else `uri` with a relative SQLite path made absolute.
+
+    Ray workers may run in another directory than the driver; an absolute path keeps every
+    process on the same database file.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = Path(workdir or os.getcwd()) / uri[len(prefix):]
+        return prefix + str(path.resolve())
+    return uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def open_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
+             tags: dict[str, str] | None = None) -> str:
+    """Create (or find, for a resumed run name) the run; log params once. Returns the run id."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, _artifact_root(uri))
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **(tags or {})})
+    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), BATCH):
+        client.log_batch(run.info.run_id, params=items[i : i + BATCH])
+    return run.info.run_id
+
+
+def finish_run(uri: str, run_id: str, ok: bool) -> None:
+    """Mark the run FINISHED or FAILED."""
+    MlflowClient(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+class MlflowTracker:
+    """Logs into an existing run; every MLflow error is a warning, never fatal."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+
+    def _safe(self, what: str, fn, *args, **kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # tracking outages must not stop training
+            log.warning("MLflow %s failed, training continues: %s", what, str(exc).splitlines()[0])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log a batch of scalars at `step`."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._safe("log_metrics", self.client.log_batch, self.run_id, metrics=batch)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or folder to the run's artifacts."""
+        self._safe("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store text (a config) as an artifact file."""
+        self._safe("log_text", self.client.log_text, self.run_id, text, artifact_file)
+
+    def close(self) -> None:
+        """Nothing buffered: MlflowClient writes synchronously."""

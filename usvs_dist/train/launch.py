@@ -1,0 +1,101 @@
+"""The driver: validate, make sure shards exist, open the MLflow run, fit a TorchTrainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from usvs_dist.config import RootConfig, flatten, to_dict, to_yaml
+from usvs_dist.data.pipeline import plan_epoch, read_index
+from usvs_dist.dist.engine import deepspeed_config
+from usvs_dist.losses import RECIPES
+from usvs_dist.models import check_names
+from usvs_dist.tracking import MlflowTracker, finish_run, open_run, resolve_uri
+from usvs_dist.train.loop import ENCODERS_FILE, train_loop_per_worker
+from usvs_dist.train.phantom_cache import ensure_phantom_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run leaves behind."""
+
+    run_name: str
+    mlflow_run_id: str
+    tracking_uri: str
+    checkpoint_path: str
+    metrics: dict
+
+
+def check_config(cfg: RootConfig) -> None:
+    """Checks needing the registries (config/ is the leaf and cannot see them)."""
+    check_names(cfg.model)
+    if cfg.objective.recipe not in RECIPES:
+        raise ValueError(f"config key objective.recipe={cfg.objective.recipe!r} is invalid: "
+                         f"expected one of {', '.join(RECIPES)}")
+
+
+def _storage_path(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def run(cfg: RootConfig, log_fn=print) -> RunResult:
+    """One pretraining run end to end; raises on failure after marking the MLflow run FAILED."""
+    check_config(cfg)
+    shards = Path(cfg.data.shards) if cfg.data.shards else ensure_phantom_shards(cfg.phantom, log=log_fn)
+    index = read_index(shards)
+    split_clips = index["splits"][cfg.data.split]["clips"]
+    plan_epoch(split_clips, cfg.data.batch_size, cfg.train.num_workers, cfg.data.loader_workers)
+
+    run_name = cfg.train.run_name or f"usvs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    uri = resolve_uri(cfg.tracking.uri)
+    run_id = open_run(uri, cfg.tracking.experiment, run_name, flatten(cfg),
+                      tags={"recipe": cfg.objective.recipe,
+                            "shard_index_sha256": _sha256_file(shards / "index.json")})
+    driver_tracker = MlflowTracker(uri, run_id)
+    driver_tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
+    import json
+
+    driver_tracker.log_text(json.dumps(deepspeed_config(cfg), indent=2), "config/deepspeed.json")
+    log_fn(f"run {run_name}: MLflow run {run_id} at {uri}")
+
+    if not ray.is_initialized():
+        # Joins RAY_ADDRESS (or the job's cluster under `ray job submit`), else starts local Ray.
+        ray.init(log_to_driver=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "shards": str(shards.resolve()),
+                           "tracking_uri": uri, "mlflow_run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=_storage_path(cfg.train.storage_path),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        finish_run(uri, run_id, ok=False)
+        raise
+    if result.checkpoint is None:
+        finish_run(uri, run_id, ok=False)
+        raise RuntimeError(f"run {run_name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        driver_tracker.log_artifact(Path(folder) / ENCODERS_FILE, "encoders")
+    finish_run(uri, run_id, ok=True)
+    return RunResult(run_name, run_id, uri, result.checkpoint.path, dict(result.metrics or {}))
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

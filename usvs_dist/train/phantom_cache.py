@@ -1,0 +1,53 @@
+"""The phantom shards of the quickstart, built once into a cache keyed by their settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from sharding.build import BuildOptions, build
+from sharding.phantom import synthesize
+from usvs_dist import __version__
+from usvs_dist.config.schema import PhantomConfig
+from usvs_dist.data import schema
+
+# The phantom holds no real identifiers; a fixed salt keeps its shards reproducible.
+PHANTOM_SALT = b"usvs-phantom-not-a-secret"
+
+
+def phantom_dir(cfg: PhantomConfig) -> Path:
+    """Cache folder of the phantom shards for these settings (and this format/tool version)."""
+    settings = {**asdict(cfg), "format": schema.FORMAT_VERSION, "tool": __version__}
+    settings.pop("cache_dir")
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir).expanduser() / f"phantom-{key}"
+
+
+def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
+    """Shard folder of the phantom data set, synthesising and building it on first use."""
+    root = phantom_dir(cfg)
+    shards = root / "shards"
+    if (shards / schema.INDEX_NAME).is_file():
+        return shards
+    log(f"building the phantom data set into {root} (first use; reused afterwards)")
+    work = root.with_name(f".{root.name}.{os.getpid()}.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    manifest = synthesize(work / "raw", scans=cfg.scans, seconds=cfg.seconds, seed=cfg.seed,
+                          speech_share=cfg.speech_share, log=log)
+    salt = work / "salt"
+    salt.write_bytes(PHANTOM_SALT)
+    build(manifest, work / "shards", salt, BuildOptions(clip_seconds=cfg.clip_seconds, fps=cfg.fps,
+                                                       size=cfg.size), log=log)
+    # Publish atomically: a concurrent or interrupted build never leaves a half-made cache.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not (shards / schema.INDEX_NAME).is_file():
+        shutil.rmtree(root)  # left by an older, broken build
+    try:
+        os.replace(work, root)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)  # another process published first
+    return shards
