@@ -47,7 +47,11 @@ def encode_mp4(
         out.metadata.clear()
         vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        vs.options = {"crf": str(crf), "preset": "veryfast", "threads": str(threads)}
+        # mbtree off: with it, x264 gave different bytes for the same frames once FFmpeg's AAC
+        # code had run in the process (seen with x264 core 165 in PyAV's FFmpeg), which breaks
+        # byte-identical phantoms and rebuilds. Its compression gain on 2 s clips is small.
+        vs.options = {"crf": str(crf), "preset": "veryfast", "threads": str(threads),
+                      "x264-params": "mbtree=0"}
         ast = None
         if audio_N is not None:
             ast = out.add_stream("aac", rate=audio_rate)

@@ -90,6 +90,8 @@ class DataConfig:
     """Decord threads per reader; more than 2 per loader worker oversubscribes cores."""
     decode_device: str = "auto"
     """auto: GPU when Decord has CUDA and a GPU is used, else CPU (with a warning); cpu; gpu."""
+    max_bad_fraction: float = 0.05
+    """Share of undecodable samples a loader worker tolerates (skipped, counted) before the run stops."""
     seed: int = 0
     """Seed of shard and sample shuffling (the rank is mixed in for samples)."""
 
@@ -113,6 +115,8 @@ class DataConfig:
         _check(self.decode_threads >= 0, "data.decode_threads", self.decode_threads, ">= 0")
         _check(self.decode_device in DECODE_DEVICES, "data.decode_device", self.decode_device,
                f"one of {', '.join(DECODE_DEVICES)}")
+        _check(0.0 <= self.max_bad_fraction < 1.0, "data.max_bad_fraction", self.max_bad_fraction,
+               "a fraction in [0, 1)")
 
 
 @dataclass(kw_only=True)

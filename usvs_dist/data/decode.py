@@ -16,12 +16,15 @@ from dataclasses import dataclass
 import decord
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
 
 log = logging.getLogger(__name__)
+MIN_SAMPLES_FOR_BAD_FRACTION = 50
+"""Samples a loader worker decodes before data.max_bad_fraction is enforced."""
 
 
 class BadSample(ValueError):
@@ -77,6 +80,7 @@ class ClipDecoder:
         self.use_gpu = use_gpu
         self.local_rank = local_rank
         self.bad = 0
+        self.seen = 0
         self._rng: random.Random | None = None
         self._mel: torchaudio.transforms.MelSpectrogram | None = None
         self._ctx: DecodeContext | None = None
@@ -95,13 +99,20 @@ class ClipDecoder:
     def __call__(self, sample: dict) -> dict | None:
         if self._mel is None:
             self._setup()
-        key = sample.get("__key__", "?")
+        key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+        self.seen += 1
         try:
             return self._decode(sample)
         except (BadSample, decord.DECORDError, KeyError, ValueError, RuntimeError) as exc:
             self.bad += 1
-            log.warning("skipped sample %s from %s: %s (%d skipped in this worker)", key,
-                        sample.get("__url__", "?"), exc, self.bad)
+            reason = str(exc).splitlines()[0]
+            log.warning("skipped sample %s from %s: %s (%d of %d skipped in this worker)", key, url,
+                        reason, self.bad, self.seen)
+            # A resampled stream never ends: without this, all-bad shards would loop forever.
+            if self.seen >= MIN_SAMPLES_FOR_BAD_FRACTION and self.bad > self.cfg.max_bad_fraction * self.seen:
+                raise RuntimeError(f"{self.bad} of {self.seen} samples could not be decoded, above "
+                                   f"data.max_bad_fraction={self.cfg.max_bad_fraction}; last: shard {url}, "
+                                   f"key {key}: {reason}") from exc
             return None
 
     def _decode(self, sample: dict) -> dict:
@@ -111,8 +122,9 @@ class ClipDecoder:
                 raise BadSample(f"missing key {k!r}")
         meta = json.loads(sample[schema.META_KEY])
         data = sample[schema.VIDEO_KEY]
-        video = decord.VideoReader(io.BytesIO(data), ctx=self._ctx.ctx, num_threads=cfg.decode_threads,
-                                   width=cfg.frame_size, height=cfg.frame_size)
+        # Decoded at the stored size and resized by torch: Decord's own resize fails on some
+        # sizes (seen: 64 -> 48 gives "DECORDArrayCopyFromTo: The size must exactly match").
+        video = decord.VideoReader(io.BytesIO(data), ctx=self._ctx.ctx, num_threads=cfg.decode_threads)
         # len(video) can over-report and hang get_batch (decord #373): trust the json's count too.
         n = min(len(video), int(meta[schema.META_FRAMES]))
         rng = self._rng if self.train else None
@@ -121,6 +133,9 @@ class ClipDecoder:
         frames = video.get_batch(idx + [image_idx])
         frames = torch.from_numpy(frames.asnumpy()) if not self._ctx.on_gpu else frames
         grey_THW = frames[..., 0].float().div_(255.0)
+        if grey_THW.shape[-2:] != (cfg.frame_size, cfg.frame_size):
+            grey_THW = F.interpolate(grey_THW.unsqueeze(1), size=(cfg.frame_size, cfg.frame_size),
+                                     mode="bilinear", antialias=True, align_corners=False).squeeze(1)
         clip_CTHW = grey_THW[:-1].unsqueeze(0).expand(cfg.channels, -1, -1, -1).contiguous()
         image_CHW = grey_THW[-1].unsqueeze(0).expand(cfg.channels, -1, -1).contiguous()
 

@@ -1,0 +1,77 @@
+"""Config: defaults == quickstart.yaml, overrides, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from usvs_dist.config import ConfigError, RootConfig, flatten, from_dict, load_config, to_dict
+from usvs_dist.train.__main__ import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_embedded_defaults_are_the_quickstart_yaml():
+    assert load_config(REPO / "configs" / "quickstart.yaml") == RootConfig()
+
+
+def test_overrides_apply_on_top_of_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: 4\ntrain:\n  steps: 7\n")
+    cfg = load_config(path, ["train.steps=9", "objective.temperature=0.2"])
+    assert (cfg.data.batch_size, cfg.train.steps, cfg.objective.temperature) == (4, 9, 0.2)
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(None, ["model.width=8"])
+    assert from_dict(to_dict(cfg)) == cfg
+    assert flatten(cfg)["model.width"] == 8
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["data.foo=1"], "unknown config key 'data.foo'"),
+    (["nosuch.key=1"], "unknown config key 'nosuch'"),
+    (["data.batch_size=abc"], "'data.batch_size'"),
+    (["train.use_gpu=maybe"], "'train.use_gpu'"),
+    (["objective.temperature=0"], "objective.temperature=0.0 is invalid"),
+    (["objective.temperature=1.5"], "objective.temperature=1.5 is invalid"),
+    (["train.zero_stage=4"], "train.zero_stage=4"),
+    (["data.split=dev"], "data.split='dev'"),
+    (["steps=3"], "expected section.key=value"),
+])
+def test_bad_values_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: 0.1\n  momentum: 0.9\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'optim.momentum'"):
+        load_config(path)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/config.yaml")
+
+
+@pytest.mark.parametrize("argv", [
+    ["data.nope=1"],
+    ["objective.temperature=-1"],
+    ["model.video=resnet9000"],
+    ["objective.recipe=nope"],
+])
+def test_entry_exits_2_with_one_line_before_ray_starts(argv, capsys, tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert argv[0].split("=")[0] in err
+    assert not ray.is_initialized()
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -1,0 +1,213 @@
+"""synth -> build -> shards: counts, alignment, patient splits, de-identification, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from sharding.__main__ import main as shard_main
+from sharding.build import BuildOptions, _sha256, build
+from sharding.phantom import make_spec, render_narration, render_video, synthesize
+from tests.conftest import PHANTOM
+from usvs_dist.data import schema
+
+RAW_FPS, RAW_SIZE, RAW_RATE = 15.0, 128, 22050
+
+
+def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+    """{key: {ext: bytes}} of a shard."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def all_clips(folder: Path) -> list[tuple[str, dict, bytes]]:
+    index = json.loads((folder / schema.INDEX_NAME).read_text())
+    out = []
+    for shard in index["shards"]:
+        for key, sample in read_tar(folder / shard["name"]).items():
+            out.append((shard["split"], json.loads(sample["json"]), sample["mp4"]))
+    return out
+
+
+def test_counts_and_checksums_match_the_index(phantom_shards):
+    index = json.loads((phantom_shards / schema.INDEX_NAME).read_text())
+    assert index["format_version"] == schema.FORMAT_VERSION
+    total = 0
+    for shard in index["shards"]:
+        samples = read_tar(phantom_shards / shard["name"])
+        assert len(samples) == shard["clips"]
+        assert all(set(s) == {"mp4", "json"} for s in samples.values())
+        assert _sha256(phantom_shards / shard["name"]) == shard["sha256"]
+        total += shard["clips"]
+    # 6 scans of 12 s in 2 s clips.
+    assert total == index["totals"]["clips"] == 36
+    assert sum(s["clips"] for s in index["splits"].values()) == total
+    assert sum(index["speech_ratio_histogram"]["counts"]) == total
+    assert index["labels"]["clips_with_labels"] == total
+    assert len({s["clips"] for s in index["shards"]}) > 1  # uneven shards, as real data has
+    assert not list(phantom_shards.glob(".*"))
+
+
+def test_patients_never_span_two_splits(phantom_shards):
+    index = json.loads((phantom_shards / schema.INDEX_NAME).read_text())
+    seen: dict[str, str] = {}
+    for split, meta, _ in all_clips(phantom_shards):
+        assert seen.setdefault(meta["patient"], split) == split
+        assert meta["patient"] in index["splits"][split]["patients"]
+    assert len(seen) == PHANTOM["scans"] // PHANTOM["scans_per_patient"]
+
+
+def _clips_of_scan(folder: Path, scan_index: int, manifest: Path, salt: bytes):
+    from sharding.build import hash_id
+
+    scan_id = list(csv.DictReader(manifest.open()))[scan_index]["scan_id"]
+    scan_hash = hash_id(salt, "scan", scan_id)
+    clips = [(m, mp4) for _, m, mp4 in all_clips(folder) if m["scan"] == scan_hash]
+    return sorted(clips, key=lambda c: c[0]["t0"])
+
+
+def test_clip_audio_is_the_scan_narration_between_t0_and_t1(phantom_shards, phantom_raw):
+    from tests.conftest import SALT
+
+    spec = make_spec(PHANTOM["seed"], 1, PHANTOM["seconds"], RAW_FPS, RAW_SIZE, RAW_RATE, 0.8)
+    ref = torchaudio.functional.resample(torch.from_numpy(render_narration(spec)), RAW_RATE, schema.AUDIO_RATE).numpy()
+    pad = 800
+    ref = np.pad(ref, (pad, pad))
+    n = 2 * schema.AUDIO_RATE
+    checked = 0
+    for meta, mp4 in _clips_of_scan(phantom_shards, 1, phantom_raw, SALT):
+        audio = decord.AudioReader(io.BytesIO(mp4), sample_rate=schema.AUDIO_RATE, mono=True)[:].asnumpy()[0][:n]
+        assert len(audio) == n
+        if meta["speech_ratio"] < 0.3:
+            continue
+        a0 = round(meta["t0"] * schema.AUDIO_RATE) + pad
+
+        def corr(lag: int) -> float:
+            ref_part = ref[a0 + lag : a0 + lag + n]
+            return float(np.dot(audio, ref_part) / (np.linalg.norm(audio) * np.linalg.norm(ref_part) + 1e-9))
+
+        lags = range(-pad, pad + 1, 4)
+        best = max(lags, key=corr)
+        assert abs(best) <= 16, f"clip at t0={meta['t0']} is {best} samples off"  # within 1 ms
+        assert corr(0) > 0.95
+        assert corr(pad) < 0.5  # a clip 50 ms off does not match: the check can fail
+        checked += 1
+    assert checked >= 2
+
+
+def test_clip_frames_are_the_scan_frames_at_their_times(phantom_shards, phantom_raw):
+    from tests.conftest import SALT
+
+    spec = make_spec(PHANTOM["seed"], 2, PHANTOM["seconds"], RAW_FPS, RAW_SIZE, RAW_RATE, 0.8)
+    frames, _ = render_video(spec)
+    small = torch.nn.functional.interpolate(torch.from_numpy(frames).float()[:, None], size=64,
+                                            mode="area")[:, 0].numpy()
+    clips = _clips_of_scan(phantom_shards, 2, phantom_raw, SALT)
+    assert len(clips) == 6
+    for meta, mp4 in clips[:3]:
+        video = decord.VideoReader(io.BytesIO(mp4), num_threads=1)
+        assert len(video) == meta["frames"] == 16
+        got = video.get_batch([0, 5, 11]).asnumpy()[..., 0].astype(np.float32)
+        for g, j in zip(got, [0, 5, 11], strict=True):
+            src = round((meta["t0"] + j / 8.0) * RAW_FPS)
+            scores = {s: np.corrcoef(g.ravel(), small[s].ravel())[0, 1] for s in (src - 1, src, src + 1) if 0 <= s < len(small)}
+            assert max(scores, key=scores.get) == src
+
+
+def test_no_identifier_or_path_reaches_shards_or_index(tmp_path, salt_file):
+    raw = tmp_path / "raw_MARKERPATH"
+    manifest = synthesize(raw, scans=2, seconds=4.0, seed=0, log=lambda *_: None)
+    rows = list(csv.DictReader(manifest.open()))
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for i, r in enumerate(rows):
+            w.writerow({**r, "scan_id": f"MARKERSCAN{i}", "patient_id": f"MARKERPATIENT{i}"})
+    out = tmp_path / "shards"
+    build(manifest, out, salt_file, BuildOptions(), log=lambda *_: None)
+    for path in out.iterdir():
+        data = path.read_bytes()
+        for marker in (b"MARKERSCAN", b"MARKERPATIENT", b"MARKERPATH", b"scan_0000", salt_file.read_bytes()):
+            assert marker not in data, f"{marker!r} found in {path.name}"
+
+
+def test_same_input_same_shards(tmp_path, phantom_raw, salt_file):
+    a = build(phantom_raw, tmp_path / "a", salt_file, BuildOptions(), log=lambda *_: None)
+    b = build(phantom_raw, tmp_path / "b", salt_file, BuildOptions(), log=lambda *_: None)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+
+
+def test_missing_manifest_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert shard_main(["build", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.csv does not exist" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_manifest_missing_a_column_exits_2_and_writes_nothing(tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("scan_id,patient_id,video,labels,gaze\na,b,c.mp4,,\n")
+    out = tmp_path / "out"
+    assert shard_main(["build", str(manifest), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks column(s) audio" in err and "m.csv" in err
+    assert not out.exists()
+
+
+def test_missing_salt_is_an_error(phantom_raw, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("USVS_SHARD_SALT", raising=False)
+    assert shard_main(["build", str(phantom_raw), "--out", str(tmp_path / "o")]) == 2
+    assert "salt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_needs_overwrite(phantom_raw, salt_file, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["build", str(phantom_raw), "--out", str(out), "--salt-file", str(salt_file)]
+    assert shard_main([*args, "--shard-clips", "2"]) == 0
+    many = len(list(out.glob("*.tar")))
+    assert shard_main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert shard_main([*args, "--overwrite"]) == 0
+    assert len(list(out.glob("*.tar"))) < many
+    names = {s["name"] for s in json.loads((out / schema.INDEX_NAME).read_text())["shards"]}
+    assert {p.name for p in out.glob("*.tar")} == names  # stale shards of the old build are gone
+
+
+def test_corrupt_scan_is_skipped_and_reported_without_its_path(tmp_path, salt_file, capsys):
+    manifest = synthesize(tmp_path / "raw", scans=2, seconds=4.0, seed=0, log=lambda *_: None)
+    (tmp_path / "raw" / "scan_0001.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    out = tmp_path / "out"
+    args = ["build", str(manifest), "--out", str(out), "--salt-file", str(salt_file)]
+    assert shard_main(args) == 1
+    assert "scan_0001.mp4" in capsys.readouterr().err
+    index = json.loads((out / schema.INDEX_NAME).read_text())
+    assert index["totals"]["failed_scans"] == 1 and index["totals"]["scans"] == 1
+    assert index["errors"][0]["manifest_line"] == 3
+    assert "scan_0001" not in json.dumps(index)
+    assert shard_main([*args, "--overwrite", "--allow-failures"]) == 0
+
+
+def test_inspect_verify_catches_a_changed_shard(phantom_raw, salt_file, tmp_path):
+    out = tmp_path / "o"
+    build(phantom_raw, out, salt_file, BuildOptions(), log=lambda *_: None)
+    assert shard_main(["inspect", str(out), "--verify"]) == 0
+    shard = sorted(out.glob("train-*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[2000] ^= 0xFF  # inside the first member, not the tar's zero padding
+    shard.write_bytes(bytes(data))
+    assert shard_main(["inspect", str(out), "--verify"]) == 1

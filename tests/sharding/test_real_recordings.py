@@ -1,0 +1,102 @@
+"""The sharder and loader on real recordings from ../shared/data (many devices and codecs).
+
+Those files are not part of the repository; CI clones main with ../shared beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import av
+import pytest
+
+from sharding.build import BuildOptions, build
+from usvs_dist.config import DataConfig
+from usvs_dist.data import schema
+from usvs_dist.data.pipeline import train_loader
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SPEECH = DATA / "speech" / "two_speaker_call_16k.wav"
+SCANS = [
+    # (video, separate narration or None): H.264 + AAC 48 kHz in one mp4, 60 fps, 720x540
+    ("av/tongue_ultrasound_with_speech.mp4", None),
+    ("pocus/videos/Reg_pat1Image_132943.mpeg", SPEECH),  # MPEG-2, 25 fps, no audio stream
+    ("pocus/videos/Cov_convex_volpecelli_sonographic_v1.mov", SPEECH),  # H.264 .mov, 39 fps
+    ("vendors/sonosite-anon-eye1-video.mp4", SPEECH),  # scanner export, 960x720
+]
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data (real recordings) is not present")
+
+
+def _duration(path: Path) -> float:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return float(s.frames / s.average_rate) if s.frames else c.duration / 1e6
+
+
+def _transcribed_speech(t0: float, t1: float) -> float:
+    """Seconds of [t0, t1) that the .stm transcript marks as speech."""
+    total = 0.0
+    for line in SPEECH.with_suffix(".stm").read_text().splitlines():
+        start, end = map(float, line.split()[3:5])
+        total += max(0.0, min(t1, end) - max(t0, start))
+    return total
+
+
+def _speech_ratio_follows_the_transcript(out: Path, index: dict) -> None:
+    import tarfile
+
+    checked = 0
+    for shard in index["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            for member in tar:
+                if not member.name.endswith(".json"):
+                    continue
+                meta = json.loads(tar.extractfile(member).read())
+                if meta[schema.META_SCAN] == index["_tongue_hash"]:
+                    continue  # narration of that scan is its own stream, not the transcribed call
+                speech = _transcribed_speech(meta["t0"], meta["t1"])
+                if speech == 0.0:
+                    assert meta["speech_ratio"] < 0.1, meta
+                    checked += 1
+                elif speech >= 1.0:
+                    assert meta["speech_ratio"] > 0.2, meta
+                    checked += 1
+    assert checked >= 8
+
+
+def test_real_scans_shard_and_load(tmp_path, salt_file):
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scan_id", "patient_id", "video", "audio", "labels", "gaze"])
+        for i, (video, audio) in enumerate(SCANS):
+            w.writerow([f"real-{i}", f"patient-{i}", DATA / video, audio or "", "", ""])
+    out = tmp_path / "shards"
+    opts = BuildOptions(clip_seconds=2.0, fps=8.0, size=64, split_fractions=(1.0, 0.0, 0.0))
+    index = build(manifest, out, salt_file, opts, log=lambda *_: None)
+
+    assert index["errors"] == []
+    from sharding.build import hash_id
+    from tests.conftest import SALT
+
+    index["_tongue_hash"] = hash_id(SALT, "scan", "real-0")
+    expected = sum(math.floor(round(_duration(DATA / v) * opts.fps + 1e-6) / 16) for v, _ in SCANS)
+    assert index["totals"]["clips"] == expected >= 10
+    assert index["splits"]["train"]["scans"] == len(SCANS)
+    _speech_ratio_follows_the_transcript(out, index)
+    for shard in index["shards"]:
+        assert str(DATA).encode() not in (out / shard["name"]).read_bytes()
+    assert b"Lavf56" not in json.dumps(index).encode()
+
+    cfg = DataConfig(batch_size=4, loader_workers=0, num_frames=6, frame_size=48)
+    loader, _ = train_loader(cfg, out, rank=0, world_size=1)
+    batch = next(iter(loader))
+    assert batch["video"].shape == (4, 1, 6, 48, 48)
+    assert batch["audio"].shape[:3] == (4, 1, 64)
+    assert (batch["labels"] == -1).all()  # no labels in these scans
+    assert batch["video"].std() > 0.01  # real pixels, not letterbox only
+    assert schema.META_LABELS not in json.dumps(index["labels"])
