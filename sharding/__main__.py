@@ -34,8 +34,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=float, default=15.0, help="frame rate of the raw scans")
     s.add_argument("--size", type=int, default=128, help="frame side of the raw scans")
-    s.add_argument("--speech-share", type=float, default=0.8,
-                   help="share of plane segments whose narration is about the plane")
+    s.add_argument(
+        "--speech-share",
+        type=float,
+        default=0.8,
+        help="share of plane segments whose narration is about the plane",
+    )
     s.add_argument("--scans-per-patient", type=int, default=1)
 
     b = sub.add_parser("build", help="cut clips and write shards with index.json")
@@ -44,10 +48,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--clip-seconds", type=float, default=2.0)
     b.add_argument("--fps", type=float, default=8.0, help="frame rate stored in the clips")
     b.add_argument("--size", type=int, default=64, help="frame side stored in the clips (letterboxed)")
-    b.add_argument("--split", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions of patients")
+    b.add_argument(
+        "--split", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions of patients"
+    )
     b.add_argument("--shard-clips", type=int, default=200, help="clips per shard")
-    b.add_argument("--salt-file", type=Path, default=None,
-                   help="file holding the de-identification salt (else $USVS_SHARD_SALT)")
+    b.add_argument(
+        "--salt-file",
+        type=Path,
+        default=None,
+        help="file holding the de-identification salt (else $USVS_SHARD_SALT)",
+    )
     b.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     b.add_argument("--allow-failures", action="store_true", help="exit 0 even when some scans failed")
 
@@ -62,20 +72,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "synth":
-            manifest = synthesize(args.out, scans=args.scans, seconds=args.seconds, seed=args.seed,
-                                  fps=args.fps, size=args.size, speech_share=args.speech_share,
-                                  scans_per_patient=args.scans_per_patient)
+            manifest = synthesize(
+                args.out,
+                scans=args.scans,
+                seconds=args.seconds,
+                seed=args.seed,
+                fps=args.fps,
+                size=args.size,
+                speech_share=args.speech_share,
+                scans_per_patient=args.scans_per_patient,
+            )
             print(f"wrote {manifest}")
             return 0
         if args.command == "build":
-            opts = BuildOptions(clip_seconds=args.clip_seconds, fps=args.fps, size=args.size,
-                                split_fractions=args.split, shard_clips=args.shard_clips,
-                                overwrite=args.overwrite, allow_failures=args.allow_failures)
+            opts = BuildOptions(
+                clip_seconds=args.clip_seconds,
+                fps=args.fps,
+                size=args.size,
+                split_fractions=args.split,
+                shard_clips=args.shard_clips,
+                overwrite=args.overwrite,
+                allow_failures=args.allow_failures,
+            )
             opts.validate()
             index = build(args.manifest, args.out, args.salt_file, opts)
             totals = index["totals"]
-            print(f"wrote {len(index['shards'])} shards, {totals['clips']} clips to {args.out} "
-                  f"({totals['failed_scans']} scans failed)")
+            print(
+                f"wrote {len(index['shards'])} shards, {totals['clips']} clips to {args.out} "
+                f"({totals['failed_scans']} scans failed)"
+            )
             return 1 if totals["failed_scans"] and not args.allow_failures else 0
         return 1 if inspect(args.folder, verify=args.verify) else 0
     except (ManifestError, BuildError, FileNotFoundError, ValueError) as exc:

@@ -57,9 +57,14 @@ class BuildOptions:
             raise BuildError(f"--fps must be in [1, 120], got {self.fps}")
         if self.size < 16 or self.size % 2:
             raise BuildError(f"--size must be an even integer >= 16, got {self.size}")
-        if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) \
-                or not math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6):
-            raise BuildError(f"--split must be three fractions train,val,test summing to 1, got {self.split_fractions}")
+        if (
+            len(self.split_fractions) != 3
+            or any(f < 0 for f in self.split_fractions)
+            or not math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6)
+        ):
+            raise BuildError(
+                f"--split must be three fractions train,val,test summing to 1, got {self.split_fractions}"
+            )
         if self.shard_clips < 1:
             raise BuildError(f"--shard-clips must be >= 1, got {self.shard_clips}")
 
@@ -133,7 +138,9 @@ def read_labels(path: Path, n_frames: int) -> np.ndarray:
         if int(frame) != k:
             raise MediaError(f"labels file row {k + 2}: frame {frame}, expected {k}")
         plane = plane.strip()
-        idx = schema.PLANES.index(plane) if plane in schema.PLANES else (int(plane) if plane.isdigit() else -1)
+        idx = (
+            schema.PLANES.index(plane) if plane in schema.PLANES else (int(plane) if plane.isdigit() else -1)
+        )
         if not 0 <= idx < len(schema.PLANES):
             raise MediaError(f"labels file row {k + 2}: plane {plane!r} is not in the vocabulary")
         out[k] = idx
@@ -195,8 +202,9 @@ def cut_scan(row: ScanRow, scan_hash: str, patient_hash: str, opts: BuildOptions
             meta[schema.META_LABELS] = labels[src].tolist()
         if gaze is not None:
             meta[schema.META_GAZE] = np.round(gaze[src], 4).tolist()
-        mp4 = encode_mp4(track.frames_THW[j0 : j0 + per_clip], opts.fps, clip_audio,
-                         schema.AUDIO_RATE, crf=opts.crf)
+        mp4 = encode_mp4(
+            track.frames_THW[j0 : j0 + per_clip], opts.fps, clip_audio, schema.AUDIO_RATE, crf=opts.crf
+        )
         clips.append(Clip(schema.sample_key(scan_hash, t0), mp4, meta))
     tail = n_frames / opts.fps - len(clips) * opts.clip_seconds
     return clips, tail
@@ -226,19 +234,31 @@ class _SplitWriter:
         tmp = Path(tmp_name)
         final = self.out / tmp.name.removeprefix(".").removesuffix(".tmp")
         os.replace(tmp, final)
-        self.shards.append({"name": final.name, "split": self.split,
-                            "clips": self.counts.get(tmp_name, 0),
-                            "seconds": round(self.seconds.get(tmp_name, 0.0), 3),
-                            "bytes": final.stat().st_size, "sha256": _sha256(final)})
+        self.shards.append(
+            {
+                "name": final.name,
+                "split": self.split,
+                "clips": self.counts.get(tmp_name, 0),
+                "seconds": round(self.seconds.get(tmp_name, 0.0), 3),
+                "bytes": final.stat().st_size,
+                "sha256": _sha256(final),
+            }
+        )
 
     def write(self, clip: Clip, seconds: float) -> None:
         if self.writer is None:
             pattern = str(self.out / f".{self.split}-%06d.tar.tmp")
             # mtime fixed so the same input gives the same bytes (and checksums) on every rerun.
-            self.writer = wds.ShardWriter(pattern, maxcount=self.maxcount, post=self._finish,
-                                          verbose=0, mtime=0.0)
-        self.writer.write({"__key__": clip.key, schema.VIDEO_KEY: clip.mp4,
-                           schema.META_KEY: json.dumps(clip.meta, sort_keys=True).encode()})
+            self.writer = wds.ShardWriter(
+                pattern, maxcount=self.maxcount, post=self._finish, verbose=0, mtime=0.0
+            )
+        self.writer.write(
+            {
+                "__key__": clip.key,
+                schema.VIDEO_KEY: clip.mp4,
+                schema.META_KEY: json.dumps(clip.meta, sort_keys=True).encode(),
+            }
+        )
         name = self.writer.fname
         self.counts[name] = self.counts.get(name, 0) + 1
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -308,12 +328,22 @@ def build(manifest: Path, out: Path, salt_file: Path | None, opts: BuildOptions,
         "size": [opts.size, opts.size],
         "audio_rate": schema.AUDIO_RATE,
         "shards": shards,
-        "splits": {s: {"clips": sum(x["clips"] for x in shards if x["split"] == s),
-                       "seconds": round(sum(x["seconds"] for x in shards if x["split"] == s), 3),
-                       "scans": scans[s], "patients": sorted(patients[s])} for s in schema.SPLITS},
-        "totals": {"clips": len(ratios), "seconds": round(len(ratios) * opts.clip_seconds, 3),
-                   "scans": sum(scans.values()), "failed_scans": len(errors),
-                   "tail_seconds_dropped": round(tail_seconds, 3)},
+        "splits": {
+            s: {
+                "clips": sum(x["clips"] for x in shards if x["split"] == s),
+                "seconds": round(sum(x["seconds"] for x in shards if x["split"] == s), 3),
+                "scans": scans[s],
+                "patients": sorted(patients[s]),
+            }
+            for s in schema.SPLITS
+        },
+        "totals": {
+            "clips": len(ratios),
+            "seconds": round(len(ratios) * opts.clip_seconds, 3),
+            "scans": sum(scans.values()),
+            "failed_scans": len(errors),
+            "tail_seconds_dropped": round(tail_seconds, 3),
+        },
         "speech_ratio_histogram": {"edges": SPEECH_HIST_EDGES, "counts": hist.tolist()},
         "labels": {"vocabulary": list(schema.PLANES), "clips_with_labels": labelled},
         "errors": errors,

@@ -20,8 +20,10 @@ def load_index(folder: Path) -> dict:
         raise FileNotFoundError(f"{path} does not exist (expected a folder written by `sharding build`)")
     index = json.loads(path.read_text())
     if index.get("format_version") != schema.FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {index.get('format_version')!r}, "
-                         f"this tool reads version {schema.FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format_version {index.get('format_version')!r}, "
+            f"this tool reads version {schema.FORMAT_VERSION}"
+        )
     return index
 
 
@@ -39,8 +41,11 @@ def decode_first(shard: Path) -> str:
     video = decord.VideoReader(io.BytesIO(sample[schema.VIDEO_KEY]), num_threads=1)
     frames = video.get_batch(list(range(min(len(video), meta[schema.META_FRAMES])))).asnumpy()
     audio = decord.AudioReader(io.BytesIO(sample[schema.VIDEO_KEY]), sample_rate=schema.AUDIO_RATE, mono=True)
-    return (f"{key}: video {tuple(frames.shape)} audio {audio.shape} "
-            f"speech_ratio={meta[schema.META_SPEECH_RATIO]} labels={'yes' if schema.META_LABELS in meta else 'no'}")
+    labelled = "yes" if schema.META_LABELS in meta else "no"
+    return (
+        f"{key}: video {tuple(frames.shape)} audio {audio.shape} "
+        f"speech_ratio={meta[schema.META_SPEECH_RATIO]} labels={labelled}"
+    )
 
 
 def inspect(folder: Path, verify: bool = False, log=print) -> int:
@@ -50,9 +55,11 @@ def inspect(folder: Path, verify: bool = False, log=print) -> int:
     """
     index = load_index(folder)
     totals = index["totals"]
-    log(f"{folder}: format v{index['format_version']}, {totals['clips']} clips, {totals['seconds']} s, "
+    log(
+        f"{folder}: format v{index['format_version']}, {totals['clips']} clips, {totals['seconds']} s, "
         f"{totals['scans']} scans ({totals['failed_scans']} failed); clips {index['clip_seconds']} s "
-        f"at {index['fps']} fps, {index['size'][0]}x{index['size'][1]}, audio {index['audio_rate']} Hz")
+        f"at {index['fps']} fps, {index['size'][0]}x{index['size'][1]}, audio {index['audio_rate']} Hz"
+    )
     for split, info in index["splits"].items():
         log(f"  {split}: {info['clips']} clips, {info['scans']} scans, {len(info['patients'])} patients")
     hist = index["speech_ratio_histogram"]

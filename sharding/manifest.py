@@ -30,14 +30,17 @@ class ScanRow:
 def read_manifest(path: Path) -> list[ScanRow]:
     """Parse the manifest CSV; raises ManifestError naming the file, column or row."""
     if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist (expected a CSV with columns {', '.join(COLUMNS)})")
+        raise ManifestError(
+            f"manifest {path} does not exist (expected a CSV with columns {', '.join(COLUMNS)})"
+        )
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            raise ManifestError(f"manifest {path} lacks column(s) {', '.join(missing)} "
-                                f"(expected header: {','.join(COLUMNS)})")
+            raise ManifestError(
+                f"manifest {path} lacks column(s) {', '.join(missing)} (expected header: {','.join(COLUMNS)})"
+            )
         rows: list[ScanRow] = []
         seen: dict[str, int] = {}
         for n, raw in enumerate(reader, start=2):
@@ -46,16 +49,12 @@ def read_manifest(path: Path) -> list[ScanRow]:
                 if not rec[col]:
                     raise ManifestError(f"manifest {path} line {n}: column {col} is empty")
             if rec["scan_id"] in seen:
-                raise ManifestError(f"manifest {path} line {n}: duplicate scan_id "
-                                    f"(first on line {seen[rec['scan_id']]})")
+                raise ManifestError(
+                    f"manifest {path} line {n}: duplicate scan_id (first on line {seen[rec['scan_id']]})"
+                )
             seen[rec["scan_id"]] = n
-            base = path.parent
-
-            def resolve(col: str) -> Path | None:
-                return (base / rec[col]) if rec[col] else None
-
-            rows.append(ScanRow(n, rec["scan_id"], rec["patient_id"], base / rec["video"],
-                                resolve("audio"), resolve("labels"), resolve("gaze")))
+            optional = {c: (path.parent / rec[c]) if rec[c] else None for c in ("audio", "labels", "gaze")}
+            rows.append(ScanRow(n, rec["scan_id"], rec["patient_id"], path.parent / rec["video"], **optional))
     if not rows:
         raise ManifestError(f"manifest {path} has a header but no scans")
     return rows

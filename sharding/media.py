@@ -50,8 +50,12 @@ def encode_mp4(
         # mbtree off: with it, x264 gave different bytes for the same frames once FFmpeg's AAC
         # code had run in the process (seen with x264 core 165 in PyAV's FFmpeg), which breaks
         # byte-identical phantoms and rebuilds. Its compression gain on 2 s clips is small.
-        vs.options = {"crf": str(crf), "preset": "veryfast", "threads": str(threads),
-                      "x264-params": "mbtree=0"}
+        vs.options = {
+            "crf": str(crf),
+            "preset": "veryfast",
+            "threads": str(threads),
+            "x264-params": "mbtree=0",
+        }
         ast = None
         if audio_N is not None:
             ast = out.add_stream("aac", rate=audio_rate)
@@ -117,7 +121,9 @@ def read_video(path: Path, fps: float, size: int) -> VideoTrack:
         next_j = 0
         try:
             for n_src, frame in enumerate(container.decode(stream)):
-                t = (frame.time if frame.time is not None else n_src / float(stream.average_rate or 30)) - start
+                t = (
+                    frame.time if frame.time is not None else n_src / float(stream.average_rate or 30)
+                ) - start
                 scale = size / max(frame.width, frame.height)
                 w = max(2, round(frame.width * scale)) // 2 * 2
                 h = max(2, round(frame.height * scale)) // 2 * 2

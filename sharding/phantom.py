@@ -81,8 +81,9 @@ def _class_formants(label: int) -> np.ndarray:
     return np.stack([rng.uniform(300, 900, 3), rng.uniform(1000, 2800, 3)], axis=1)
 
 
-def make_spec(seed: int, index: int, seconds: float, fps: float, size: int, audio_rate: int,
-              speech_share: float) -> ScanSpec:
+def make_spec(
+    seed: int, index: int, seconds: float, fps: float, size: int, audio_rate: int, speech_share: float
+) -> ScanSpec:
     """Draw the segment plan of scan `index` of a phantom data set with `seed`."""
     rng = _rng(seed, index, 1)
     segments: list[Segment] = []
@@ -93,7 +94,9 @@ def make_spec(seed: int, index: int, seconds: float, fps: float, size: int, audi
         end = min(seconds, t + length)
         if plane_next:
             label = int(rng.integers(N_PLANES))
-            narration = "plane" if rng.random() < speech_share else ("chatter", "silence")[int(rng.integers(2))]
+            narration = (
+                "plane" if rng.random() < speech_share else ("chatter", "silence")[int(rng.integers(2))]
+            )
         else:
             label = BACKGROUND
             narration = ("chatter", "silence")[int(rng.integers(2))]
@@ -126,7 +129,9 @@ class _Renderer:
         self.sector = (np.abs(self.theta) < SECTOR_HALF_ANGLE) & (self.r < 1.0) & (self.r > 0.08)
         self.attenuation = np.exp(-1.2 * self.r).astype(np.float32)
 
-    def frame(self, prims: list[tuple], dx: float, dy: float, rot: float, rng: np.random.Generator) -> np.ndarray:
+    def frame(
+        self, prims: list[tuple], dx: float, dy: float, rot: float, rng: np.random.Generator
+    ) -> np.ndarray:
         c, s = np.cos(rot), np.sin(rot)
         xr = c * (self.x - dx) - s * (self.y - dy)
         yr = s * (self.x - dx) + c * (self.y - dy)
@@ -150,9 +155,18 @@ class _Renderer:
 
 
 def _background_prims(rng: np.random.Generator) -> list[tuple]:
-    return [("ellipse", rng.uniform(-0.4, 0.4), rng.uniform(0.3, 0.8), rng.uniform(0.05, 0.3),
-             rng.uniform(0.05, 0.2), rng.uniform(0, np.pi), rng.choice([0.1, 0.8, 1.5]))
-            for _ in range(int(rng.integers(1, 4)))]
+    return [
+        (
+            "ellipse",
+            rng.uniform(-0.4, 0.4),
+            rng.uniform(0.3, 0.8),
+            rng.uniform(0.05, 0.3),
+            rng.uniform(0.05, 0.2),
+            rng.uniform(0, np.pi),
+            rng.choice([0.1, 0.8, 1.5]),
+        )
+        for _ in range(int(rng.integers(1, 4)))
+    ]
 
 
 def render_video(spec: ScanSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +216,7 @@ def _voiced(formants: np.ndarray, seconds: float, rate: int, rng: np.random.Gene
         wave = np.zeros(m, np.float32)
         for h in range(1, int(3800 / f0)):
             fh = h * f0
-            amp = np.exp(-((fh - f1) / 120) ** 2) + 0.7 * np.exp(-((fh - f2) / 180) ** 2) + 0.02 / h
+            amp = np.exp(-(((fh - f1) / 120) ** 2)) + 0.7 * np.exp(-(((fh - f2) / 180) ** 2)) + 0.02 / h
             wave += (amp * np.sin(h * phase)).astype(np.float32)
         env = np.sin(np.pi * np.arange(m) / max(m, 1)) ** 0.5
         out[t : t + m] = wave * env / max(np.abs(wave).max(), 1e-6)
@@ -218,7 +232,9 @@ def render_narration(spec: ScanSpec) -> np.ndarray:
         rng = _rng(spec.seed, spec.index, 3, k)
         a, b = int(round(seg.start * spec.audio_rate)), int(round(seg.end * spec.audio_rate))
         if seg.narration == "plane":
-            audio[a:b] = 0.5 * _voiced(_class_formants(seg.label), (b - a) / spec.audio_rate, spec.audio_rate, rng)
+            audio[a:b] = 0.5 * _voiced(
+                _class_formants(seg.label), (b - a) / spec.audio_rate, spec.audio_rate, rng
+            )
         elif seg.narration == "chatter":
             formants = np.stack([rng.uniform(250, 950, 4), rng.uniform(900, 3000, 4)], axis=1)
             audio[a:b] = 0.3 * _voiced(formants, (b - a) / spec.audio_rate, spec.audio_rate, rng)
@@ -240,9 +256,19 @@ def _csv_bytes(header: list[str], rows) -> bytes:
     return text.getvalue().encode()
 
 
-def synthesize(out: Path, *, scans: int, seconds: float, seed: int, fps: float = 15.0,
-               size: int = 128, audio_rate: int = 22050, speech_share: float = 0.8,
-               scans_per_patient: int = 1, log=print) -> Path:
+def synthesize(
+    out: Path,
+    *,
+    scans: int,
+    seconds: float,
+    seed: int,
+    fps: float = 15.0,
+    size: int = 128,
+    audio_rate: int = 22050,
+    speech_share: float = 0.8,
+    scans_per_patient: int = 1,
+    log=print,
+) -> Path:
     """Write `scans` phantom scans (mp4 + labels + gaze CSVs) and manifest.csv; returns it."""
     if scans < 1 or seconds <= 0:
         raise ValueError(f"need scans >= 1 and seconds > 0, got scans={scans} seconds={seconds}")
@@ -257,12 +283,24 @@ def synthesize(out: Path, *, scans: int, seconds: float, seed: int, fps: float =
         name = f"scan_{i:04d}"
         _write_atomic(out / f"{name}.mp4", encode_mp4(frames, fps, audio, audio_rate, audio_bitrate=96000))
         labels = frame_labels(spec)
-        _write_atomic(out / f"{name}_labels.csv",
-                      _csv_bytes(["frame", "plane"], ((t, PLANES[c]) for t, c in enumerate(labels))))
-        _write_atomic(out / f"{name}_gaze.csv",
-                      _csv_bytes(["frame", "x", "y"], ((t, f"{x:.4f}", f"{y:.4f}") for t, (x, y) in enumerate(gaze))))
-        rows.append((f"phantom-{seed}-{i:04d}", f"phantom-patient-{seed}-{i // scans_per_patient:04d}",
-                     f"{name}.mp4", "", f"{name}_labels.csv", f"{name}_gaze.csv"))
+        _write_atomic(
+            out / f"{name}_labels.csv",
+            _csv_bytes(["frame", "plane"], ((t, PLANES[c]) for t, c in enumerate(labels))),
+        )
+        _write_atomic(
+            out / f"{name}_gaze.csv",
+            _csv_bytes(["frame", "x", "y"], ((t, f"{x:.4f}", f"{y:.4f}") for t, (x, y) in enumerate(gaze))),
+        )
+        rows.append(
+            (
+                f"phantom-{seed}-{i:04d}",
+                f"phantom-patient-{seed}-{i // scans_per_patient:04d}",
+                f"{name}.mp4",
+                "",
+                f"{name}_labels.csv",
+                f"{name}_gaze.csv",
+            )
+        )
         log(f"synth: scan {i + 1}/{scans} ({seconds:g} s, {len(spec.segments)} segments)")
     manifest = out / "manifest.csv"
     _write_atomic(manifest, _csv_bytes(["scan_id", "patient_id", "video", "audio", "labels", "gaze"], rows))

@@ -31,7 +31,11 @@ def salt_file(tmp_path_factory) -> Path:
 def phantom_shards(phantom_raw, salt_file, tmp_path_factory) -> Path:
     """Shards of the raw phantom: 2 s clips at 8 fps, 64 px, 5 clips per shard (uneven shards)."""
     out = tmp_path_factory.mktemp("shards")
-    build(phantom_raw, out, salt_file,
-          BuildOptions(clip_seconds=2.0, fps=8.0, size=64, shard_clips=5, split_fractions=(0.6, 0.2, 0.2)),
-          log=lambda *_: None)
+    build(
+        phantom_raw,
+        out,
+        salt_file,
+        BuildOptions(clip_seconds=2.0, fps=8.0, size=64, shard_clips=5, split_fractions=(0.6, 0.2, 0.2)),
+        log=lambda *_: None,
+    )
     return out

@@ -29,17 +29,20 @@ def test_round_trip_through_dict():
     assert flatten(cfg)["model.width"] == 8
 
 
-@pytest.mark.parametrize(("overrides", "needle"), [
-    (["data.foo=1"], "unknown config key 'data.foo'"),
-    (["nosuch.key=1"], "unknown config key 'nosuch'"),
-    (["data.batch_size=abc"], "'data.batch_size'"),
-    (["train.use_gpu=maybe"], "'train.use_gpu'"),
-    (["objective.temperature=0"], "objective.temperature=0.0 is invalid"),
-    (["objective.temperature=1.5"], "objective.temperature=1.5 is invalid"),
-    (["train.zero_stage=4"], "train.zero_stage=4"),
-    (["data.split=dev"], "data.split='dev'"),
-    (["steps=3"], "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["data.foo=1"], "unknown config key 'data.foo'"),
+        (["nosuch.key=1"], "unknown config key 'nosuch'"),
+        (["data.batch_size=abc"], "'data.batch_size'"),
+        (["train.use_gpu=maybe"], "'train.use_gpu'"),
+        (["objective.temperature=0"], "objective.temperature=0.0 is invalid"),
+        (["objective.temperature=1.5"], "objective.temperature=1.5 is invalid"),
+        (["train.zero_stage=4"], "train.zero_stage=4"),
+        (["data.split=dev"], "data.split='dev'"),
+        (["steps=3"], "expected section.key=value"),
+    ],
+)
 def test_bad_values_name_the_key(overrides, needle):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
@@ -59,12 +62,15 @@ def test_missing_config_file():
         load_config("/nonexistent/config.yaml")
 
 
-@pytest.mark.parametrize("argv", [
-    ["data.nope=1"],
-    ["objective.temperature=-1"],
-    ["model.video=resnet9000"],
-    ["objective.recipe=nope"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data.nope=1"],
+        ["objective.temperature=-1"],
+        ["model.video=resnet9000"],
+        ["objective.recipe=nope"],
+    ],
+)
 def test_entry_exits_2_with_one_line_before_ray_starts(argv, capsys, tmp_path, monkeypatch):
     import ray
 

@@ -81,7 +81,9 @@ def test_bad_samples_are_skipped_and_counted(phantom_shards, tmp_path):
             member.size = len(data)
             dst.addfile(member, io.BytesIO(data))
     good = shard["clips"] - 2
-    (tmp_path / schema.INDEX_NAME).write_text(json.dumps({**index, "shards": [{**shard, "clips": shard["clips"]}]}))
+    (tmp_path / schema.INDEX_NAME).write_text(
+        json.dumps({**index, "shards": [{**shard, "clips": shard["clips"]}]})
+    )
     loader, _ = train_loader(_cfg(batch_size=good, shuffle_buffer=1), tmp_path, rank=0, world_size=1)
     batch = next(iter(loader))
     assert len(batch["__key__"]) == good
@@ -116,5 +118,7 @@ def test_a_stream_of_undecodable_samples_stops_with_the_shard_and_key(phantom_sh
             dst.addfile(member, io.BytesIO(data))
     (tmp_path / schema.INDEX_NAME).write_text(json.dumps({**index, "shards": [shard]}))
     loader, _ = train_loader(_cfg(), tmp_path, rank=0, world_size=1)
-    with pytest.raises(RuntimeError, match=rf"max_bad_fraction=0.05; last: shard .*{shard['name']}, key \w+_\d{{9}}"):
+    with pytest.raises(
+        RuntimeError, match=rf"max_bad_fraction=0.05; last: shard .*{shard['name']}, key \w+_\d{{9}}"
+    ):
         next(iter(loader))

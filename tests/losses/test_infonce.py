@@ -98,8 +98,12 @@ def _worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, 
         proj.weight.grad /= world
         losses = [torch.zeros(()) for _ in range(world)]
         dist.all_gather(losses, loss.detach())
-        out[rank] = {"loss": torch.stack(losses).mean(), "gx": xr.grad.clone(), "gy": yr.grad.clone(),
-                     "gw": proj.weight.grad.clone()}
+        out[rank] = {
+            "loss": torch.stack(losses).mean(),
+            "gx": xr.grad.clone(),
+            "gy": yr.grad.clone(),
+            "gw": proj.weight.grad.clone(),
+        }
     finally:
         dist.destroy_process_group()
 
@@ -107,10 +111,16 @@ def _worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, 
 def test_two_gloo_ranks_equal_one_process_on_the_global_batch():
     world, b, d = 2, 5, 6
     g = torch.Generator().manual_seed(3)
-    x, y, w = torch.randn(world * b, d, generator=g), torch.randn(world * b, d, generator=g), torch.randn(d, d, generator=g)
+    x, y, w = (
+        torch.randn(world * b, d, generator=g),
+        torch.randn(world * b, d, generator=g),
+        torch.randn(d, d, generator=g),
+    )
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(_worker, args=(world, _free_port(), x, y, w, out), nprocs=world, start_method="spawn")
+        mp.start_processes(
+            _worker, args=(world, _free_port(), x, y, w, out), nprocs=world, start_method="spawn"
+        )
         out = dict(out)
 
     xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)

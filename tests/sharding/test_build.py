@@ -10,7 +10,6 @@ from pathlib import Path
 
 import decord
 import numpy as np
-import pytest
 import torch
 import torchaudio
 
@@ -37,7 +36,7 @@ def all_clips(folder: Path) -> list[tuple[str, dict, bytes]]:
     index = json.loads((folder / schema.INDEX_NAME).read_text())
     out = []
     for shard in index["shards"]:
-        for key, sample in read_tar(folder / shard["name"]).items():
+        for sample in read_tar(folder / shard["name"]).values():
             out.append((shard["split"], json.loads(sample["json"]), sample["mp4"]))
     return out
 
@@ -79,31 +78,35 @@ def _clips_of_scan(folder: Path, scan_index: int, manifest: Path, salt: bytes):
     return sorted(clips, key=lambda c: c[0]["t0"])
 
 
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+
+
 def test_clip_audio_is_the_scan_narration_between_t0_and_t1(phantom_shards, phantom_raw):
     from tests.conftest import SALT
 
     spec = make_spec(PHANTOM["seed"], 1, PHANTOM["seconds"], RAW_FPS, RAW_SIZE, RAW_RATE, 0.8)
-    ref = torchaudio.functional.resample(torch.from_numpy(render_narration(spec)), RAW_RATE, schema.AUDIO_RATE).numpy()
+    ref = torchaudio.functional.resample(
+        torch.from_numpy(render_narration(spec)), RAW_RATE, schema.AUDIO_RATE
+    ).numpy()
     pad = 800
     ref = np.pad(ref, (pad, pad))
     n = 2 * schema.AUDIO_RATE
     checked = 0
     for meta, mp4 in _clips_of_scan(phantom_shards, 1, phantom_raw, SALT):
-        audio = decord.AudioReader(io.BytesIO(mp4), sample_rate=schema.AUDIO_RATE, mono=True)[:].asnumpy()[0][:n]
+        audio = decord.AudioReader(io.BytesIO(mp4), sample_rate=schema.AUDIO_RATE, mono=True)[:].asnumpy()[0][
+            :n
+        ]
         assert len(audio) == n
         if meta["speech_ratio"] < 0.3:
             continue
         a0 = round(meta["t0"] * schema.AUDIO_RATE) + pad
 
-        def corr(lag: int) -> float:
-            ref_part = ref[a0 + lag : a0 + lag + n]
-            return float(np.dot(audio, ref_part) / (np.linalg.norm(audio) * np.linalg.norm(ref_part) + 1e-9))
-
-        lags = range(-pad, pad + 1, 4)
-        best = max(lags, key=corr)
+        corr = {lag: _correlation(audio, ref[a0 + lag : a0 + lag + n]) for lag in range(-pad, pad + 1, 4)}
+        best = max(corr, key=corr.get)
         assert abs(best) <= 16, f"clip at t0={meta['t0']} is {best} samples off"  # within 1 ms
-        assert corr(0) > 0.95
-        assert corr(pad) < 0.5  # a clip 50 ms off does not match: the check can fail
+        assert corr[0] > 0.95
+        assert corr[pad] < 0.5  # a clip 50 ms off does not match: the check can fail
         checked += 1
     assert checked >= 2
 
@@ -113,8 +116,9 @@ def test_clip_frames_are_the_scan_frames_at_their_times(phantom_shards, phantom_
 
     spec = make_spec(PHANTOM["seed"], 2, PHANTOM["seconds"], RAW_FPS, RAW_SIZE, RAW_RATE, 0.8)
     frames, _ = render_video(spec)
-    small = torch.nn.functional.interpolate(torch.from_numpy(frames).float()[:, None], size=64,
-                                            mode="area")[:, 0].numpy()
+    small = torch.nn.functional.interpolate(torch.from_numpy(frames).float()[:, None], size=64, mode="area")[
+        :, 0
+    ].numpy()
     clips = _clips_of_scan(phantom_shards, 2, phantom_raw, SALT)
     assert len(clips) == 6
     for meta, mp4 in clips[:3]:
@@ -123,7 +127,11 @@ def test_clip_frames_are_the_scan_frames_at_their_times(phantom_shards, phantom_
         got = video.get_batch([0, 5, 11]).asnumpy()[..., 0].astype(np.float32)
         for g, j in zip(got, [0, 5, 11], strict=True):
             src = round((meta["t0"] + j / 8.0) * RAW_FPS)
-            scores = {s: np.corrcoef(g.ravel(), small[s].ravel())[0, 1] for s in (src - 1, src, src + 1) if 0 <= s < len(small)}
+            scores = {
+                s: np.corrcoef(g.ravel(), small[s].ravel())[0, 1]
+                for s in (src - 1, src, src + 1)
+                if 0 <= s < len(small)
+            }
             assert max(scores, key=scores.get) == src
 
 

@@ -25,8 +25,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_manifest_labels_and_gaze_cover_every_frame(tmp_path):
-    manifest = synthesize(tmp_path, scans=3, seconds=6.0, seed=1, fps=10.0, scans_per_patient=2,
-                          log=lambda *_: None)
+    manifest = synthesize(
+        tmp_path, scans=3, seconds=6.0, seed=1, fps=10.0, scans_per_patient=2, log=lambda *_: None
+    )
     rows = list(csv.DictReader(manifest.open()))
     assert [r["patient_id"] for r in rows] == ["phantom-patient-1-0000"] * 2 + ["phantom-patient-1-0001"]
     for row in rows:

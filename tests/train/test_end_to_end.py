@@ -19,14 +19,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp_path):
-    overrides = [f"data.shards={phantom_shards}", "data.batch_size=4", "data.loader_workers=1",
-                 "train.steps=6", "train.checkpoint_every=3", "train.num_workers=2",
-                 "model.width=4", "model.embed_dim=16", "train.run_name=e2e-test"]
+    overrides = [
+        f"data.shards={phantom_shards}",
+        "data.batch_size=4",
+        "data.loader_workers=1",
+        "train.steps=6",
+        "train.checkpoint_every=3",
+        "train.num_workers=2",
+        "model.width=4",
+        "model.embed_dim=16",
+        "train.run_name=e2e-test",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "usvs_dist.train", *overrides], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "usvs_dist.train", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     run_id = re.search(r"MLflow run id: (\w+)", proc.stdout).group(1)

@@ -45,10 +45,15 @@ class PhantomConfig:
 
     def __post_init__(self) -> None:
         _check(self.scans >= 2, "phantom.scans", self.scans, "an integer >= 2")
-        _check(self.seconds >= 2 * self.clip_seconds, "phantom.seconds", self.seconds,
-               f">= 2 x phantom.clip_seconds ({2 * self.clip_seconds})")
-        _check(0.0 <= self.speech_share <= 1.0, "phantom.speech_share", self.speech_share,
-               "a fraction in [0, 1]")
+        _check(
+            self.seconds >= 2 * self.clip_seconds,
+            "phantom.seconds",
+            self.seconds,
+            f">= 2 x phantom.clip_seconds ({2 * self.clip_seconds})",
+        )
+        _check(
+            0.0 <= self.speech_share <= 1.0, "phantom.speech_share", self.speech_share, "a fraction in [0, 1]"
+        )
         _check(self.clip_seconds > 0, "phantom.clip_seconds", self.clip_seconds, "> 0")
         _check(1.0 <= self.fps <= 60.0, "phantom.fps", self.fps, "in [1, 60]")
         _check(16 <= self.size <= 512, "phantom.size", self.size, "in [16, 512]")
@@ -96,27 +101,46 @@ class DataConfig:
     """Seed of shard and sample shuffling (the rank is mixed in for samples)."""
 
     def __post_init__(self) -> None:
-        _check(self.split in ("train", "val", "test"), "data.split", self.split,
-               "one of train, val, test")
-        _check(self.batch_size >= 2, "data.batch_size", self.batch_size,
-               "an integer >= 2 (contrastive losses need negatives)")
+        _check(self.split in ("train", "val", "test"), "data.split", self.split, "one of train, val, test")
+        _check(
+            self.batch_size >= 2,
+            "data.batch_size",
+            self.batch_size,
+            "an integer >= 2 (contrastive losses need negatives)",
+        )
         _check(self.num_frames >= 1, "data.num_frames", self.num_frames, "an integer >= 1")
         _check(self.frame_size >= 16, "data.frame_size", self.frame_size, "an integer >= 16")
         _check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
         _check(self.sample_rate > 0, "data.sample_rate", self.sample_rate, "> 0")
         _check(self.n_fft >= 16, "data.n_fft", self.n_fft, "an integer >= 16")
-        _check(0 < self.hop_length <= self.n_fft, "data.hop_length", self.hop_length,
-               f"in (0, data.n_fft={self.n_fft}]")
+        _check(
+            0 < self.hop_length <= self.n_fft,
+            "data.hop_length",
+            self.hop_length,
+            f"in (0, data.n_fft={self.n_fft}]",
+        )
         _check(self.n_mels >= 1, "data.n_mels", self.n_mels, "an integer >= 1")
-        _check(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "data.f_max", self.f_max,
-               f"f_min < f_max <= sample_rate/2 ({self.sample_rate / 2})")
+        _check(
+            0 <= self.f_min < self.f_max <= self.sample_rate / 2,
+            "data.f_max",
+            self.f_max,
+            f"f_min < f_max <= sample_rate/2 ({self.sample_rate / 2})",
+        )
         _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, ">= 1")
         _check(self.decode_threads >= 0, "data.decode_threads", self.decode_threads, ">= 0")
-        _check(self.decode_device in DECODE_DEVICES, "data.decode_device", self.decode_device,
-               f"one of {', '.join(DECODE_DEVICES)}")
-        _check(0.0 <= self.max_bad_fraction < 1.0, "data.max_bad_fraction", self.max_bad_fraction,
-               "a fraction in [0, 1)")
+        _check(
+            self.decode_device in DECODE_DEVICES,
+            "data.decode_device",
+            self.decode_device,
+            f"one of {', '.join(DECODE_DEVICES)}",
+        )
+        _check(
+            0.0 <= self.max_bad_fraction < 1.0,
+            "data.max_bad_fraction",
+            self.max_bad_fraction,
+            "a fraction in [0, 1)",
+        )
 
 
 @dataclass(kw_only=True)
@@ -147,8 +171,7 @@ class ObjectiveConfig:
     """InfoNCE temperature tau (seed 002: 0.1)."""
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.temperature <= 1.0, "objective.temperature", self.temperature,
-               "a float in (0, 1]")
+        _check(0.0 < self.temperature <= 1.0, "objective.temperature", self.temperature, "a float in (0, 1]")
 
 
 @dataclass(kw_only=True)

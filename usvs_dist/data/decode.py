@@ -60,10 +60,15 @@ def resolve_decode_context(setting: str, use_gpu: bool, local_rank: int) -> Deco
         decord.nd.empty((1,), ctx=decord.gpu(local_rank))
     except Exception as exc:  # Decord raises DECORDError (a plain Exception subclass) without CUDA
         if setting == "gpu":
-            raise ValueError(f"data.decode_device=gpu but Decord cannot use the GPU ({exc}); "
-                             "build Decord with CUDA or set data.decode_device=cpu") from exc
-        log.warning("decoding on CPU: this Decord has no CUDA support (%s); a CUDA build of Decord "
-                    "decodes on the GPU", str(exc).splitlines()[0])
+            raise ValueError(
+                f"data.decode_device=gpu but Decord cannot use the GPU ({exc}); "
+                "build Decord with CUDA or set data.decode_device=cpu"
+            ) from exc
+        log.warning(
+            "decoding on CPU: this Decord has no CUDA support (%s); a CUDA build of Decord "
+            "decodes on the GPU",
+            str(exc).splitlines()[0],
+        )
         return DecodeContext(decord.cpu(0), False)
     return DecodeContext(decord.gpu(local_rank), True)
 
@@ -71,8 +76,15 @@ def resolve_decode_context(setting: str, use_gpu: bool, local_rank: int) -> Deco
 class ClipDecoder:
     """Picklable sample -> tensors map; per-worker RNG and mel transform are made on first use."""
 
-    def __init__(self, cfg: DataConfig, clip_seconds: float, rank: int, train: bool,
-                 use_gpu: bool = False, local_rank: int = 0):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        clip_seconds: float,
+        rank: int,
+        train: bool,
+        use_gpu: bool = False,
+        local_rank: int = 0,
+    ):
         self.cfg = cfg
         self.samples = round(clip_seconds * cfg.sample_rate)
         self.rank = rank
@@ -92,8 +104,13 @@ class ClipDecoder:
         # One stream per (seed, rank, worker): ranks and workers draw different frames.
         self._rng = random.Random(f"{self.cfg.seed}-{self.rank}-{worker}")
         self._mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=self.cfg.sample_rate, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length,
-            n_mels=self.cfg.n_mels, f_min=self.cfg.f_min, f_max=self.cfg.f_max)
+            sample_rate=self.cfg.sample_rate,
+            n_fft=self.cfg.n_fft,
+            hop_length=self.cfg.hop_length,
+            n_mels=self.cfg.n_mels,
+            f_min=self.cfg.f_min,
+            f_max=self.cfg.f_max,
+        )
         self._ctx = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank)
 
     def __call__(self, sample: dict) -> dict | None:
@@ -106,13 +123,21 @@ class ClipDecoder:
         except (BadSample, decord.DECORDError, KeyError, ValueError, RuntimeError) as exc:
             self.bad += 1
             reason = str(exc).splitlines()[0]
-            log.warning("skipped sample %s from %s: %s (%d of %d skipped in this worker)", key, url,
-                        reason, self.bad, self.seen)
+            log.warning(
+                "skipped sample %s from %s: %s (%d of %d skipped in this worker)",
+                key,
+                url,
+                reason,
+                self.bad,
+                self.seen,
+            )
             # A resampled stream never ends: without this, all-bad shards would loop forever.
             if self.seen >= MIN_SAMPLES_FOR_BAD_FRACTION and self.bad > self.cfg.max_bad_fraction * self.seen:
-                raise RuntimeError(f"{self.bad} of {self.seen} samples could not be decoded, above "
-                                   f"data.max_bad_fraction={self.cfg.max_bad_fraction}; last: shard {url}, "
-                                   f"key {key}: {reason}") from exc
+                raise RuntimeError(
+                    f"{self.bad} of {self.seen} samples could not be decoded, above "
+                    f"data.max_bad_fraction={self.cfg.max_bad_fraction}; last: shard {url}, "
+                    f"key {key}: {reason}"
+                ) from exc
             return None
 
     def _decode(self, sample: dict) -> dict:
@@ -134,8 +159,13 @@ class ClipDecoder:
         frames = torch.from_numpy(frames.asnumpy()) if not self._ctx.on_gpu else frames
         grey_THW = frames[..., 0].float().div_(255.0)
         if grey_THW.shape[-2:] != (cfg.frame_size, cfg.frame_size):
-            grey_THW = F.interpolate(grey_THW.unsqueeze(1), size=(cfg.frame_size, cfg.frame_size),
-                                     mode="bilinear", antialias=True, align_corners=False).squeeze(1)
+            grey_THW = F.interpolate(
+                grey_THW.unsqueeze(1),
+                size=(cfg.frame_size, cfg.frame_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            ).squeeze(1)
         clip_CTHW = grey_THW[:-1].unsqueeze(0).expand(cfg.channels, -1, -1, -1).contiguous()
         image_CHW = grey_THW[-1].unsqueeze(0).expand(cfg.channels, -1, -1).contiguous()
 
@@ -153,7 +183,8 @@ class ClipDecoder:
             "audio": mel_1MF,
             "labels": torch.tensor([labels[i] for i in idx] if labels else [-1] * len(idx)),
             "image_label": torch.tensor(labels[image_idx] if labels else -1),
-            "gaze": torch.tensor([gaze[i] for i in idx], dtype=torch.float32) if gaze
+            "gaze": torch.tensor([gaze[i] for i in idx], dtype=torch.float32)
+            if gaze
             else torch.full((len(idx), 2), float("nan")),
             "scan": meta[schema.META_SCAN],
             "t0": float(meta[schema.META_T0]),

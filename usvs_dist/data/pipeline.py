@@ -21,10 +21,14 @@ def read_index(folder: str | Path) -> dict:
     """index.json of a shard folder, checked for the format version this loader reads."""
     path = Path(folder) / schema.INDEX_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: data.shards must name a folder made by `sharding build`")
+        raise FileNotFoundError(
+            f"{path} does not exist: data.shards must name a folder made by `sharding build`"
+        )
     index = json.loads(path.read_text())
     if index.get("format_version") != schema.FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {index.get('format_version')!r}, expected {schema.FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format_version {index.get('format_version')!r}, expected {schema.FORMAT_VERSION}"
+        )
     return index
 
 
@@ -66,16 +70,24 @@ def plan_epoch(split_clips: int, batch_size: int, world_size: int, loader_worker
     """Batches per rank per epoch, equal on every rank (else Ray's report barrier hangs)."""
     global_batch = batch_size * world_size
     if split_clips < global_batch:
-        raise ValueError(f"the split holds {split_clips} clips, fewer than one global batch "
-                         f"({batch_size} x {world_size} ranks)")
+        raise ValueError(
+            f"the split holds {split_clips} clips, fewer than one global batch "
+            f"({batch_size} x {world_size} ranks)"
+        )
     workers = max(1, loader_workers)
     # with_epoch after batched counts per loader worker (webdataset #303).
     per_worker = max(1, math.ceil(split_clips // global_batch / workers))
     return LoaderPlan(split_clips, per_worker * workers, per_worker)
 
 
-def train_loader(cfg: DataConfig, folder: str | Path, rank: int, world_size: int,
-                 use_gpu: bool = False, local_rank: int = 0) -> tuple[wds.WebLoader, LoaderPlan]:
+def train_loader(
+    cfg: DataConfig,
+    folder: str | Path,
+    rank: int,
+    world_size: int,
+    use_gpu: bool = False,
+    local_rank: int = 0,
+) -> tuple[wds.WebLoader, LoaderPlan]:
     """Endless, resampled stream of training batches for one rank, in epochs of equal length."""
     index = read_index(folder)
     shards = [s for s in index["shards"] if s["split"] == cfg.split and s["clips"] > 0]
@@ -83,7 +95,9 @@ def train_loader(cfg: DataConfig, folder: str | Path, rank: int, world_size: int
         raise ValueError(f"{folder}: no shard of split {cfg.split!r} holds clips")
     urls = [str(Path(folder) / s["name"]) for s in shards]
     plan = plan_epoch(sum(s["clips"] for s in shards), cfg.batch_size, world_size, cfg.loader_workers)
-    decoder = ClipDecoder(cfg, index["clip_seconds"], rank, train=True, use_gpu=use_gpu, local_rank=local_rank)
+    decoder = ClipDecoder(
+        cfg, index["clip_seconds"], rank, train=True, use_gpu=use_gpu, local_rank=local_rank
+    )
     dataset = wds.DataPipeline(
         # Shards drawn with replacement, seeded per (rank, worker): no node splitting is needed and
         # no rank ever runs dry, so all ranks step in lockstep.
@@ -97,6 +111,7 @@ def train_loader(cfg: DataConfig, folder: str | Path, rank: int, world_size: int
         # Full batches only: the gathered losses need equal batch sizes on every rank.
         wds.batched(cfg.batch_size, partial=False, collation_fn=default_collate),
     ).with_epoch(plan.batches_per_worker)
-    loader = wds.WebLoader(dataset, batch_size=None, num_workers=cfg.loader_workers,
-                           persistent_workers=cfg.loader_workers > 0)
+    loader = wds.WebLoader(
+        dataset, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0
+    )
     return loader, plan

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from usvs_dist.dist import collectives
 
 
-def info_nce(anchor_BD: torch.Tensor, candidate_BD: torch.Tensor, temperature: float,
-             symmetric: bool = True) -> torch.Tensor:
+def info_nce(
+    anchor_BD: torch.Tensor, candidate_BD: torch.Tensor, temperature: float, symmetric: bool = True
+) -> torch.Tensor:
     """InfoNCE of anchors x against candidates y over the global batch; symmetrised by default.
 
     Args:

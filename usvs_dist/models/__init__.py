@@ -39,14 +39,18 @@ class VideoAudioModel(nn.Module):
 
     def forward(self, video_BCTHW: torch.Tensor, audio_B1MF: torch.Tensor) -> dict[str, torch.Tensor]:
         """Embeddings {"video": [B, D], "audio": [B, D]}."""
-        return {"video": self.video_head(self.video_encoder(video_BCTHW)),
-                "audio": self.audio_head(self.audio_encoder(audio_B1MF))}
+        return {
+            "video": self.video_head(self.video_encoder(video_BCTHW)),
+            "audio": self.audio_head(self.audio_encoder(audio_B1MF)),
+        }
 
 
 def check_names(cfg: ModelConfig) -> None:
     """Raise ValueError naming model.video / model.audio when not in the registries."""
-    for key, name, registry in (("model.video", cfg.video, VIDEO_ENCODERS),
-                                ("model.audio", cfg.audio, AUDIO_ENCODERS)):
+    for key, name, registry in (
+        ("model.video", cfg.video, VIDEO_ENCODERS),
+        ("model.audio", cfg.audio, AUDIO_ENCODERS),
+    ):
         if name not in registry:
             raise ValueError(f"config key {key}={name!r} is invalid: expected one of {', '.join(registry)}")
 
@@ -54,11 +58,16 @@ def check_names(cfg: ModelConfig) -> None:
 def build_model(cfg: ModelConfig, data: DataConfig) -> VideoAudioModel:
     """The pretraining model named by the config."""
     check_names(cfg)
-    return VideoAudioModel(VIDEO_ENCODERS[cfg.video](data.channels, cfg.width),
-                           AUDIO_ENCODERS[cfg.audio](1, cfg.width), cfg.embed_dim)
+    return VideoAudioModel(
+        VIDEO_ENCODERS[cfg.video](data.channels, cfg.width),
+        AUDIO_ENCODERS[cfg.audio](1, cfg.width),
+        cfg.embed_dim,
+    )
 
 
 def encoder_state_dicts(model: VideoAudioModel) -> dict[str, dict[str, torch.Tensor]]:
     """Plain state dicts of the encoders (and heads) for downstream use, free of any wrapper."""
-    return {name: {k: v.detach().cpu() for k, v in module.state_dict().items()}
-            for name, module in model.named_children()}
+    return {
+        name: {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        for name, module in model.named_children()
+    }

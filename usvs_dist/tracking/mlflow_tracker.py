@@ -32,19 +32,20 @@ def resolve_uri(uri: str, workdir: str | Path | None = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(workdir or os.getcwd()) / uri[len(prefix):]
+        path = Path(workdir or os.getcwd()) / uri[len(prefix) :]
         return prefix + str(path.resolve())
     return uri
 
 
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     return None
 
 
-def open_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
-             tags: dict[str, str] | None = None) -> str:
+def open_run(
+    uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None
+) -> str:
     """Create (or find, for a resumed run name) the run; log params once. Returns the run id."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -63,7 +64,9 @@ def open_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
 
 def finish_run(uri: str, run_id: str, ok: bool) -> None:
     """Mark the run FINISHED or FAILED."""
-    MlflowClient(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+    MlflowClient(uri).set_terminated(
+        run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+    )
 
 
 class MlflowTracker:

@@ -16,8 +16,11 @@ from usvs_dist.config import ConfigError, load_config
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate (exit 2 on bad input, before Ray starts), train, print where results are."""
-    p = argparse.ArgumentParser(prog="python -m usvs_dist.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m usvs_dist.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML config; omitted: embedded defaults (the quickstart)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -40,8 +39,10 @@ def check_config(cfg: RootConfig) -> None:
     """Checks needing the registries (config/ is the leaf and cannot see them)."""
     check_names(cfg.model)
     if cfg.objective.recipe not in RECIPES:
-        raise ValueError(f"config key objective.recipe={cfg.objective.recipe!r} is invalid: "
-                         f"expected one of {', '.join(RECIPES)}")
+        raise ValueError(
+            f"config key objective.recipe={cfg.objective.recipe!r} is invalid: "
+            f"expected one of {', '.join(RECIPES)}"
+        )
 
 
 def _storage_path(path: str) -> str:
@@ -58,9 +59,13 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
 
     run_name = cfg.train.run_name or f"usvs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     uri = resolve_uri(cfg.tracking.uri)
-    run_id = open_run(uri, cfg.tracking.experiment, run_name, flatten(cfg),
-                      tags={"recipe": cfg.objective.recipe,
-                            "shard_index_sha256": _sha256_file(shards / "index.json")})
+    run_id = open_run(
+        uri,
+        cfg.tracking.experiment,
+        run_name,
+        flatten(cfg),
+        tags={"recipe": cfg.objective.recipe, "shard_index_sha256": _sha256_file(shards / "index.json")},
+    )
     driver_tracker = MlflowTracker(uri, run_id)
     driver_tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
     import json
@@ -73,13 +78,23 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         ray.init(log_to_driver=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg), "shards": str(shards.resolve()),
-                           "tracking_uri": uri, "mlflow_run_id": run_id},
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=_storage_path(cfg.train.storage_path),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=0)),
+        train_loop_config={
+            "config": to_dict(cfg),
+            "shards": str(shards.resolve()),
+            "tracking_uri": uri,
+            "mlflow_run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=_storage_path(cfg.train.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=0),
+        ),
     )
     try:
         result = trainer.fit()

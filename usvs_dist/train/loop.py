@@ -62,14 +62,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = TrainState.load(Path(folder))
         log.info("rank %d resumed at step %d", rank, state.step)
 
-    loader, plan = train_loader(cfg.data, loop_config["shards"], rank, world,
-                                use_gpu=cfg.train.use_gpu, local_rank=ctx.get_local_rank())
-    tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else NullTracker()
+    loader, plan = train_loader(
+        cfg.data,
+        loop_config["shards"],
+        rank,
+        world,
+        use_gpu=cfg.train.use_gpu,
+        local_rank=ctx.get_local_rank(),
+    )
+    tracker = (
+        MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+        if rank == 0
+        else NullTracker()
+    )
     global_batch = cfg.data.batch_size * world
     bad_by_worker: dict[int, int] = {}
     if rank == 0:
-        log.info("global batch %d over %d ranks; %d batches per rank per epoch", global_batch, world,
-                 plan.batches_per_rank)
+        log.info(
+            "global batch %d over %d ranks; %d batches per rank per epoch",
+            global_batch,
+            world,
+            plan.batches_per_rank,
+        )
 
     tick = time.perf_counter()
     while state.step < cfg.train.steps:
@@ -84,13 +98,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
             last = state.step == cfg.train.steps
             if state.step % cfg.train.log_every == 0 or last:
                 means = {k: collectives.all_reduce_mean(v).item() for k, v in parts.items()}
-                bad_total = collectives.all_reduce_mean(torch.tensor(float(sum(bad_by_worker.values())))).item() * world
-                tracker.log_metrics({**means, "clips_per_s": global_batch / step_seconds,
-                                     "lr": engine.get_lr()[0], "samples_seen": state.samples,
-                                     "global_batch": global_batch, "bad_samples": bad_total}, state.step)
+                bad_total = (
+                    collectives.all_reduce_mean(torch.tensor(float(sum(bad_by_worker.values())))).item()
+                    * world
+                )
+                tracker.log_metrics(
+                    {
+                        **means,
+                        "clips_per_s": global_batch / step_seconds,
+                        "lr": engine.get_lr()[0],
+                        "samples_seen": state.samples,
+                        "global_batch": global_batch,
+                        "bad_samples": bad_total,
+                    },
+                    state.step,
+                )
             if state.step % cfg.train.checkpoint_every == 0 or last:
-                _save_and_report(engine, model, state, cfg,
-                                 {"step": state.step, "loss": parts["loss"].item()}, rank)
+                _save_and_report(
+                    engine, model, state, cfg, {"step": state.step, "loss": parts["loss"].item()}, rank
+                )
                 tick = time.perf_counter()  # saving is not a training step
             if last:
                 break

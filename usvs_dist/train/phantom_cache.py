@@ -36,12 +36,23 @@ def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
     log(f"building the phantom data set into {root} (first use; reused afterwards)")
     work = root.with_name(f".{root.name}.{os.getpid()}.tmp")
     shutil.rmtree(work, ignore_errors=True)
-    manifest = synthesize(work / "raw", scans=cfg.scans, seconds=cfg.seconds, seed=cfg.seed,
-                          speech_share=cfg.speech_share, log=log)
+    manifest = synthesize(
+        work / "raw",
+        scans=cfg.scans,
+        seconds=cfg.seconds,
+        seed=cfg.seed,
+        speech_share=cfg.speech_share,
+        log=log,
+    )
     salt = work / "salt"
     salt.write_bytes(PHANTOM_SALT)
-    build(manifest, work / "shards", salt, BuildOptions(clip_seconds=cfg.clip_seconds, fps=cfg.fps,
-                                                       size=cfg.size), log=log)
+    build(
+        manifest,
+        work / "shards",
+        salt,
+        BuildOptions(clip_seconds=cfg.clip_seconds, fps=cfg.fps, size=cfg.size),
+        log=log,
+    )
     # Publish atomically: a concurrent or interrupted build never leaves a half-made cache.
     root.parent.mkdir(parents=True, exist_ok=True)
     if root.exists() and not (shards / schema.INDEX_NAME).is_file():
