@@ -92,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
                 split_fractions=args.split,
                 shard_clips=args.shard_clips,
                 overwrite=args.overwrite,
-                allow_failures=args.allow_failures,
             )
             opts.validate()
             index = build(args.manifest, args.out, args.salt_file, opts)

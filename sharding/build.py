@@ -47,7 +47,6 @@ class BuildOptions:
     shard_clips: int = 200
     crf: int = 20
     overwrite: bool = False
-    allow_failures: bool = False
 
     def validate(self) -> None:
         """Raise BuildError naming the first invalid option."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -49,9 +52,35 @@ def _storage_path(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+def _is_relative_local(location: str) -> bool:
+    if location.startswith("sqlite:///"):
+        return not location.startswith("sqlite:////")
+    return "://" not in location and not location.startswith("/")
+
+
+def _warn_about_job_working_dir(cfg: RootConfig) -> None:
+    """Under `ray job submit --working-dir`, the cwd is a temporary copy deleted with the cluster."""
+    if "working_dir_files" not in os.getcwd():
+        return
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    relative = [
+        key
+        for key, location in (("train.storage_path", cfg.train.storage_path), ("tracking.uri", tracking))
+        if _is_relative_local(location)
+    ]
+    if relative:
+        log.warning(
+            "running in a Ray job's temporary working dir %s: %s resolve inside it and are lost "
+            "with the cluster; give absolute paths on shared storage (see README)",
+            os.getcwd(),
+            ", ".join(relative),
+        )
+
+
 def run(cfg: RootConfig, log_fn=print) -> RunResult:
     """One pretraining run end to end; raises on failure after marking the MLflow run FAILED."""
     check_config(cfg)
+    _warn_about_job_working_dir(cfg)
     shards = Path(cfg.data.shards) if cfg.data.shards else ensure_phantom_shards(cfg.phantom, log=log_fn)
     index = read_index(shards)
     split_clips = index["splits"][cfg.data.split]["clips"]
@@ -68,8 +97,6 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
     )
     driver_tracker = MlflowTracker(uri, run_id)
     driver_tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
-    import json
-
     driver_tracker.log_text(json.dumps(deepspeed_config(cfg), indent=2), "config/deepspeed.json")
     log_fn(f"run {run_name}: MLflow run {run_id} at {uri}")
 
@@ -111,6 +138,4 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
 
 
 def _sha256_file(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
