@@ -17,6 +17,7 @@ import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.dlpack
 import torchaudio
 
 from usvs_dist.config.schema import DataConfig
@@ -156,8 +157,13 @@ class ClipDecoder:
         idx = sample_frame_indices(n, cfg.num_frames, rng)
         image_idx = rng.randrange(n) if rng is not None else n // 2
         frames = video.get_batch(idx + [image_idx])
-        frames = torch.from_numpy(frames.asnumpy()) if not self._ctx.on_gpu else frames
-        grey_THW = frames[..., 0].float().div_(255.0)
+        # On a CUDA Decord the frames stay on the GPU and are handed to torch without a copy.
+        frames_THWC = (
+            torch.utils.dlpack.from_dlpack(frames.to_dlpack())
+            if self._ctx.on_gpu
+            else torch.from_numpy(frames.asnumpy())
+        )
+        grey_THW = frames_THWC[..., 0].float().div_(255.0)
         if grey_THW.shape[-2:] != (cfg.frame_size, cfg.frame_size):
             grey_THW = F.interpolate(
                 grey_THW.unsqueeze(1),

@@ -99,7 +99,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if state.step % cfg.train.log_every == 0 or last:
                 means = {k: collectives.all_reduce_mean(v).item() for k, v in parts.items()}
                 bad_total = (
-                    collectives.all_reduce_mean(torch.tensor(float(sum(bad_by_worker.values())))).item()
+                    collectives.all_reduce_mean(
+                        torch.tensor(float(sum(bad_by_worker.values())), device=engine.device)
+                    ).item()
                     * world
                 )
                 tracker.log_metrics(

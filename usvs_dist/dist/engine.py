@@ -1,0 +1,63 @@
+"""One function turning (model, config) into a DeepSpeed engine; the DeepSpeed config lives here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from usvs_dist.config.schema import RootConfig
+
+
+def deepspeed_config(cfg: RootConfig) -> dict[str, Any]:
+    """The DeepSpeed config of a run.
+
+    Micro-batch and accumulation are set, not train_batch_size, so the worker count can change.
+    gradient_clipping is always explicit: DeepSpeed >= 0.19.3 clips at 1.0 when it is absent.
+    Offload settings, when added, belong inside zero_optimization (ignored at top level).
+    """
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "bf16": {"enabled": cfg.train.use_gpu},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_optimizer(model: nn.Module, cfg: RootConfig) -> torch.optim.Optimizer:
+    """A torch optimizer over exactly the parameters handed to DeepSpeed (ZeRO 1/2 need that)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9)
+
+
+def build_engine(model: nn.Module, cfg: RootConfig):
+    """deepspeed.initialize on an already-initialised process group (Ray Train made it)."""
+    if not cfg.train.use_gpu:
+        # Must be set before deepspeed is first imported in this process.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg),
+                                           config=deepspeed_config(cfg), dist_init_required=False)
+    return engine
+
+
+def gathered_params(model: nn.Module, zero_stage: int):
+    """Context in which every parameter is whole on every rank (ZeRO-3 partitions them)."""
+    import contextlib
+
+    if zero_stage < 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
