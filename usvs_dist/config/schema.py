@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 DECODE_DEVICES = ("auto", "cpu", "gpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant")
 
 
 class ConfigError(ValueError):
@@ -186,12 +187,21 @@ class OptimConfig:
     """Decoupled (adamw) or L2 (adam, sgd) weight decay."""
     grad_clip: float = 1.0
     """Gradient-norm clip; 0 turns it off (DeepSpeed clips at 1.0 unless told)."""
+    schedule: str = "cosine"
+    """LR after warmup: cosine (decays to min_lr_ratio x lr at train.steps) or constant."""
+    warmup_steps: int = 4
+    """Optimizer steps of linear warmup from 0 to lr."""
+    min_lr_ratio: float = 0.1
+    """Final LR of the cosine schedule as a fraction of lr."""
 
     def __post_init__(self) -> None:
         _check(self.name in OPTIMIZERS, "optim.name", self.name, f"one of {', '.join(OPTIMIZERS)}")
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
         _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0")
+        _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -206,6 +216,13 @@ class TrainConfig:
     """CPUs Ray reserves per worker."""
     steps: int = 40
     """Optimizer steps in the run."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    global_batch: int = 0
+    """Clips per optimizer step over all ranks; 0: data.batch_size x num_workers x grad_accum_steps.
+    When set it must equal that product (an error names the three), so a changed worker count is caught."""
+    max_failures: int = 3
+    """Worker-group restarts from the latest checkpoint before the run fails."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage 0-3."""
     checkpoint_every: int = 20
@@ -226,6 +243,9 @@ class TrainConfig:
         _check(self.cpus_per_worker >= 1, "train.cpus_per_worker", self.cpus_per_worker, ">= 1")
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
         _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, ">= 1")
+        _check(self.global_batch >= 0, "train.global_batch", self.global_batch, ">= 0")
+        _check(self.max_failures >= 0, "train.max_failures", self.max_failures, ">= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, ">= 1")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, ">= 1")
         _check(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
@@ -240,10 +260,20 @@ class TrackingConfig:
     """Tracking URI; MLFLOW_TRACKING_URI in the environment wins when set."""
     experiment: str = "usvs_dist"
     """Experiment name; created once by the driver."""
+    system_metrics: bool = True
+    """Log CPU/memory (and GPU with nvidia-ml-py) from rank 0's node into the run."""
+    system_metrics_interval: float = 10.0
+    """Seconds between system-metric samples."""
 
     def __post_init__(self) -> None:
         _check(bool(self.uri), "tracking.uri", self.uri, "an MLflow tracking URI")
         _check(bool(self.experiment), "tracking.experiment", self.experiment, "a name")
+        _check(
+            self.system_metrics_interval >= 1.0,
+            "tracking.system_metrics_interval",
+            self.system_metrics_interval,
+            ">= 1 second",
+        )
 
 
 @dataclass(kw_only=True)
@@ -257,3 +287,18 @@ class RootConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        per_step = self.data.batch_size * self.train.num_workers * self.train.grad_accum_steps
+        _check(
+            self.train.global_batch in (0, per_step),
+            "train.global_batch",
+            self.train.global_batch,
+            f"0 or data.batch_size ({self.data.batch_size}) x train.num_workers ({self.train.num_workers})"
+            f" x train.grad_accum_steps ({self.train.grad_accum_steps}) = {per_step}",
+        )
+
+    @property
+    def global_batch(self) -> int:
+        """Clips per optimizer step over all ranks."""
+        return self.data.batch_size * self.train.num_workers * self.train.grad_accum_steps

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from usvs_dist.config.schema import RootConfig
+from usvs_dist.config.schema import OptimConfig, RootConfig
 
 
 def deepspeed_config(cfg: RootConfig) -> dict[str, Any]:
@@ -20,7 +21,7 @@ def deepspeed_config(cfg: RootConfig) -> dict[str, Any]:
     """
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": cfg.train.grad_accum_steps,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.train.zero_stage},
         "bf16": {"enabled": cfg.train.use_gpu},
@@ -40,15 +41,42 @@ def build_optimizer(model: nn.Module, cfg: RootConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9)
 
 
+def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """LR multiplier after `step` optimizer steps: linear warmup, then cosine or constant.
+
+    Warmup reaches 1 at step `warmup_steps` and starts above 0 so the first step is not wasted;
+    cosine ends at `min_lr_ratio` on the run's last step.
+    """
+    if step < optim.warmup_steps:
+        return (step + 1) / (optim.warmup_steps + 1)
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - 1 - optim.warmup_steps))
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def build_engine(model: nn.Module, cfg: RootConfig):
-    """deepspeed.initialize on an already-initialised process group (Ray Train made it)."""
+    """deepspeed.initialize on an already-initialised process group (Ray Train made it).
+
+    The LR schedule is a torch LambdaLR handed to DeepSpeed, which steps it at each optimizer
+    step (not micro-step) and saves it in its checkpoints.
+    """
     if not cfg.train.use_gpu:
         # Must be set before deepspeed is first imported in this process.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg),
-                                           config=deepspeed_config(cfg), dist_init_required=False)
+    optimizer = build_optimizer(model, cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.steps)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=deepspeed_config(cfg),
+        dist_init_required=False,
+    )
     return engine
 
 

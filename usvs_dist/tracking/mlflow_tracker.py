@@ -63,18 +63,36 @@ def open_run(
 
 
 def finish_run(uri: str, run_id: str, ok: bool) -> None:
-    """Mark the run FINISHED or FAILED."""
-    MlflowClient(uri).set_terminated(
-        run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
-    )
+    """Mark the run FINISHED or FAILED (a warning, not an error, when MLflow is unreachable)."""
+    status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+    try:
+        MlflowClient(uri).set_terminated(run_id, status)
+    except Exception as exc:
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, str(exc).splitlines()[0])
 
 
 class MlflowTracker:
-    """Logs into an existing run; every MLflow error is a warning, never fatal."""
+    """Logs into an existing run; every MLflow error is a warning, never fatal.
 
-    def __init__(self, uri: str, run_id: str):
+    With `system_metrics`, MLflow's monitor samples CPU, memory (and GPU with nvidia-ml-py)
+    into the same run, resuming its step axis after a restart.
+    """
+
+    def __init__(self, uri: str, run_id: str, system_metrics: bool = False, sampling_interval: float = 10.0):
         self.client = MlflowClient(uri)
         self.run_id = run_id
+        self.monitor = None
+        if system_metrics:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self.monitor = SystemMetricsMonitor(
+                    run_id, sampling_interval=sampling_interval, resume_logging=True, tracking_uri=uri
+                )
+                self.monitor.start()
+            except Exception as exc:  # a missing psutil or an outage must not stop training
+                log.warning("MLflow system metrics are off: %s", str(exc).splitlines()[0])
+                self.monitor = None
 
     def _safe(self, what: str, fn, *args, **kwargs) -> None:
         try:
@@ -97,4 +115,7 @@ class MlflowTracker:
         self._safe("log_text", self.client.log_text, self.run_id, text, artifact_file)
 
     def close(self) -> None:
-        """Nothing buffered: MlflowClient writes synchronously."""
+        """Stop the system-metrics monitor; metrics themselves are written synchronously."""
+        if self.monitor is not None:
+            self._safe("system metrics", self.monitor.finish)
+            self.monitor = None

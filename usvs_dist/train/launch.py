@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import secrets
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from usvs_dist.data.pipeline import plan_epoch, read_index
 from usvs_dist.dist.engine import deepspeed_config
 from usvs_dist.losses import RECIPES
 from usvs_dist.models import check_names
-from usvs_dist.tracking import MlflowTracker, finish_run, open_run, resolve_uri
+from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
 from usvs_dist.train.loop import ENCODERS_FILE, train_loop_per_worker
 from usvs_dist.train.phantom_cache import ensure_phantom_shards
 
@@ -93,7 +95,11 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         cfg.tracking.experiment,
         run_name,
         flatten(cfg),
-        tags={"recipe": cfg.objective.recipe, "shard_index_sha256": _sha256_file(shards / "index.json")},
+        tags={
+            "recipe": cfg.objective.recipe,
+            "shard_index_sha256": _sha256_file(shards / "index.json"),
+            "git_commit": _git_commit(),
+        },
     )
     driver_tracker = MlflowTracker(uri, run_id)
     driver_tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
@@ -120,7 +126,7 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
             name=run_name,
             storage_path=_storage_path(cfg.train.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
     try:
@@ -133,8 +139,31 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         raise RuntimeError(f"run {run_name} ended without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         driver_tracker.log_artifact(Path(folder) / ENCODERS_FILE, "encoders")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            plot = loss_curves(uri, run_id, Path(tmp) / "loss.png")
+        except Exception as exc:  # a plot is not worth failing a finished run
+            log.warning("loss-curve plot failed: %s", exc)
+            plot = None
+        if plot is not None:
+            driver_tracker.log_artifact(plot, "plots")
     finish_run(uri, run_id, ok=True)
     return RunResult(run_name, run_id, uri, result.checkpoint.path, dict(result.metrics or {}))
+
+
+def _git_commit() -> str:
+    """Commit of the usvs_dist source tree (with -dirty for local changes), or 'unknown'."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 def _sha256_file(path: Path) -> str:

@@ -1,16 +1,18 @@
 """train_loop_per_worker: what each Ray Train worker runs (reads top to bottom).
 
 load config -> model -> DeepSpeed engine -> resume from Ray's checkpoint -> loader ->
-while not done: step, log (rank 0), checkpoint + report (every rank).
+while not done: micro-steps up to an optimizer step, log (rank 0), checkpoint + report (every rank).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import torch
 
@@ -26,10 +28,28 @@ from usvs_dist.train.step import train_step
 log = logging.getLogger(__name__)
 ENGINE_TAG = "deepspeed"
 ENCODERS_FILE = "encoders.pt"
+RNG_DIR = "rng"
+
+
+def _save_rng(folder: Path, rank: int) -> None:
+    (folder / RNG_DIR).mkdir(exist_ok=True)
+    torch.save(
+        {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        folder / RNG_DIR / f"rank_{rank}.pt",
+    )
+
+
+def _load_rng(folder: Path, rank: int) -> None:
+    path = folder / RNG_DIR / f"rank_{rank}.pt"
+    if path.is_file():  # a run resumed with more ranks than it saved keeps fresh streams there
+        state = torch.load(path, weights_only=False)
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
 
 
 def _save_and_report(engine, model, state: TrainState, cfg, metrics: dict, rank: int) -> None:
-    """Every rank saves its DeepSpeed shard and reports; Ray merges the folders in storage.
+    """Every rank saves its DeepSpeed shard and RNG and reports; Ray merges the folders in storage.
 
     A rank-0-only save would hang on DeepSpeed's barrier (DeepSpeed #797), and every rank must
     call report the same number of times.
@@ -37,6 +57,7 @@ def _save_and_report(engine, model, state: TrainState, cfg, metrics: dict, rank:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         engine.save_checkpoint(str(folder), tag=ENGINE_TAG)
+        _save_rng(folder, rank)
         with gathered_params(model, cfg.train.zero_stage):
             encoders = encoder_state_dicts(model) if rank == 0 else None
         if rank == 0:
@@ -60,6 +81,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as folder:
             engine.load_checkpoint(folder, tag=ENGINE_TAG)
             state = TrainState.load(Path(folder))
+            _load_rng(Path(folder), rank)
         log.info("rank %d resumed at step %d", rank, state.step)
 
     loader, plan = train_loader(
@@ -71,55 +93,65 @@ def train_loop_per_worker(loop_config: dict) -> None:
         local_rank=ctx.get_local_rank(),
     )
     tracker = (
-        MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+        MlflowTracker(
+            loop_config["tracking_uri"],
+            loop_config["mlflow_run_id"],
+            system_metrics=cfg.tracking.system_metrics,
+            sampling_interval=cfg.tracking.system_metrics_interval,
+        )
         if rank == 0
         else NullTracker()
     )
-    global_batch = cfg.data.batch_size * world
-    bad_by_worker: dict[int, int] = {}
+    accum = cfg.train.grad_accum_steps
+    global_batch = cfg.data.batch_size * world * accum
     if rank == 0:
         log.info(
-            "global batch %d over %d ranks; %d batches per rank per epoch",
+            "global batch %d = %d per rank x %d ranks x %d micro-steps; %d batches per rank per epoch",
             global_batch,
+            cfg.data.batch_size,
             world,
+            accum,
             plan.batches_per_rank,
         )
-
+    bad_by_worker: dict[int, int] = {}
+    window: dict[str, torch.Tensor] = {}
+    micro = 0
     tick = time.perf_counter()
     while state.step < cfg.train.steps:
         for batch in loader:
+            lr = engine.get_lr()[0]  # the rate this optimizer step uses
             parts = train_step(engine, batch, cfg.objective)
+            for k, v in parts.items():
+                window[k] = window.get(k, 0.0) + v / accum
+            for w, bad in zip(batch["worker"].tolist(), batch["bad_samples"].tolist(), strict=True):
+                bad_by_worker[w] = max(bad_by_worker.get(w, 0), bad)
+            micro += 1
+            if micro % accum:
+                continue  # DeepSpeed steps the optimizer on the accumulation boundary only
             state.step += 1
             state.samples += global_batch
             now = time.perf_counter()
             step_seconds, tick = now - tick, now
-            for w, bad in zip(batch["worker"].tolist(), batch["bad_samples"].tolist(), strict=True):
-                bad_by_worker[w] = max(bad_by_worker.get(w, 0), bad)
             last = state.step == cfg.train.steps
             if state.step % cfg.train.log_every == 0 or last:
-                means = {k: collectives.all_reduce_mean(v).item() for k, v in parts.items()}
-                bad_total = (
-                    collectives.all_reduce_mean(
-                        torch.tensor(float(sum(bad_by_worker.values())), device=engine.device)
-                    ).item()
-                    * world
-                )
+                means = {k: collectives.all_reduce_mean(v).item() for k, v in window.items()}
+                bad = torch.tensor(float(sum(bad_by_worker.values())), device=engine.device)
                 tracker.log_metrics(
                     {
                         **means,
                         "clips_per_s": global_batch / step_seconds,
-                        "lr": engine.get_lr()[0],
+                        "lr": lr,
                         "samples_seen": state.samples,
                         "global_batch": global_batch,
-                        "bad_samples": bad_total,
+                        "bad_samples": collectives.all_reduce_mean(bad).item() * world,
                     },
                     state.step,
                 )
             if state.step % cfg.train.checkpoint_every == 0 or last:
-                _save_and_report(
-                    engine, model, state, cfg, {"step": state.step, "loss": parts["loss"].item()}, rank
-                )
+                report = {"step": state.step, "loss": window["loss"].item()}
+                _save_and_report(engine, model, state, cfg, report, rank)
                 tick = time.perf_counter()  # saving is not a training step
+            window = {}
             if last:
                 break
     tracker.close()
