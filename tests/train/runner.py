@@ -1,0 +1,71 @@
+"""Run `python -m usvs_dist.train` in a subprocess, as users do, and read back what it left."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "data.batch_size=4",
+    "data.loader_workers=1",
+    "model.width=4",
+    "model.embed_dim=16",
+    "tracking.system_metrics_interval=1",
+]
+
+
+def entry_env() -> dict[str, str]:
+    """Environment for a training subprocess: this checkout importable, no outside cluster or server."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        env.pop(var, None)
+    return env
+
+
+@dataclass
+class Finished:
+    """A completed training run."""
+
+    output: str
+    """stdout and stderr of the entry (the workers log to stderr)."""
+    run_id: str
+    checkpoint: Path
+    client: MlflowClient
+
+
+def client_for(workdir: Path) -> MlflowClient:
+    """MLflow client of the SQLite store a run in `workdir` wrote."""
+    return MlflowClient(f"sqlite:///{workdir / 'mlruns.db'}")
+
+
+def parse(output: str, workdir: Path) -> Finished:
+    """Run id and checkpoint path from the entry's closing lines."""
+    run_id = re.search(r"MLflow run id: (\w+)", output).group(1)
+    checkpoint = Path(re.search(r"^checkpoint: (\S+)", output, re.M).group(1))
+    return Finished(output, run_id, checkpoint, client_for(workdir))
+
+
+def train(workdir: Path, shards: Path, *overrides: str, timeout: float = 600) -> Finished:
+    """Run the entry to completion in `workdir`; fails the test with the output tail otherwise."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "usvs_dist.train", f"data.shards={shards}", *TINY, *overrides],
+        cwd=workdir,
+        env=entry_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return parse(proc.stdout + proc.stderr, workdir)
+
+
+def steps_logged(client: MlflowClient, run_id: str, metric: str = "loss") -> list[int]:
+    """Distinct steps at which `metric` was logged, sorted."""
+    return sorted({m.step for m in client.get_metric_history(run_id, metric)})
