@@ -1,0 +1,91 @@
+"""`ray job submit` against a local cluster started with token auth, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.train.runner import REPO, TINY, client_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_training_entry(phantom_shards, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    # The job's python is the one on the PATH of the process that ran `ray start`.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_AUTH_MODE"] = "token"
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    dashboard = _free_port()
+    work = tmp_path / "src"
+    shutil.copytree(
+        REPO,
+        work,
+        ignore=shutil.ignore_patterns(
+            ".git", "__pycache__", "*.egg-info", "ray_results", "mlruns.db", "mlartifacts", ".venv"
+        ),
+    )
+    start = subprocess.run(
+        [
+            *ray,
+            "start",
+            "--head",
+            "--num-cpus=2",
+            f"--port={_free_port()}",
+            f"--dashboard-port={dashboard}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    try:
+        db = tmp_path / "mlruns.db"
+        job = subprocess.run(
+            [
+                *ray,
+                "job",
+                "submit",
+                f"--address=http://127.0.0.1:{dashboard}",
+                "--working-dir",
+                str(work),
+                "--",
+                "python",
+                "-m",
+                "usvs_dist.train",
+                f"data.shards={phantom_shards}",
+                *TINY,
+                "train.steps=3",
+                "train.checkpoint_every=3",
+                f"train.storage_path={tmp_path / 'ray_results'}",
+                f"tracking.uri=sqlite:///{db}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        out = job.stdout + job.stderr
+        assert job.returncode == 0, out[-4000:]
+        assert re.search(r"Job '\w+' succeeded", out)
+        run_id = re.search(r"MLflow run id: (\w+)", out).group(1)
+        assert client_for(tmp_path).get_run(run_id).info.status == "FINISHED"
+        assert Path(re.search(r"^checkpoint: (\S+)", out, re.M).group(1)).is_relative_to(
+            tmp_path / "ray_results"
+        )
+    finally:
+        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
