@@ -88,7 +88,8 @@ def test_a_killed_worker_resumes_from_the_checkpoint_into_the_same_mlflow_run(ph
     assert sum(len(client.search_runs([e.experiment_id])) for e in experiments) == 1  # one run, not two
     steps = steps_logged(client, run_id)
     assert steps == list(range(1, 41))  # no gap: the restart re-logs from the last checkpoint on
-    assert "resumed at step" in out
+    resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
+    assert resumed and resumed[0] >= 10 and resumed[0] % 10 == 0  # from a checkpoint after the first
     assert json.loads((run.checkpoint / "train_state.json").read_text())["step"] == 40
     assert client.get_run(run_id).info.status == "FINISHED"
 
@@ -107,9 +108,9 @@ def test_a_stopped_driver_reruns_with_the_same_name_and_continues(phantom_shards
 
     rerun = train(tmp_path, phantom_shards, *RUN, "train.steps=24", "train.run_name=restart")
     assert rerun.run_id == run_id  # the same MLflow run continues
-    assert "resumed at step" in rerun.output
-    resumed_at = int(rerun.output.split("resumed at step")[1].split()[0])
-    assert resumed_at >= 10 and resumed_at % 10 == 0
+    assert "continuing from" in rerun.output
+    resumed = [m.value for m in rerun.client.get_metric_history(run_id, "resumed_from_step")]
+    assert len(resumed) == 1 and resumed[0] >= 10 and resumed[0] % 10 == 0
     # No gap; steps the first driver logged past its last checkpoint stay in the history.
     assert set(range(1, 25)) <= set(steps_logged(rerun.client, run_id))
     assert json.loads((rerun.checkpoint / "train_state.json").read_text())["step"] == 24

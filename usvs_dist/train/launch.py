@@ -25,6 +25,7 @@ from usvs_dist.models import check_names
 from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
 from usvs_dist.train.loop import ENCODERS_FILE, train_loop_per_worker
 from usvs_dist.train.phantom_cache import ensure_phantom_shards
+from usvs_dist.train.resume import latest_complete_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
     driver_tracker.log_text(json.dumps(deepspeed_config(cfg), indent=2), "config/deepspeed.json")
     log_fn(f"run {run_name}: MLflow run {run_id} at {uri}")
 
+    storage_path = _storage_path(cfg.train.storage_path)
+    resume_from = latest_complete_checkpoint(storage_path, run_name)
+    if resume_from:
+        log_fn(f"run {run_name}: continuing from {resume_from}")
     if not ray.is_initialized():
         # Joins RAY_ADDRESS (or the job's cluster under `ray job submit`), else starts local Ray.
         ray.init(log_to_driver=True)
@@ -116,6 +121,8 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
             "shards": str(shards.resolve()),
             "tracking_uri": uri,
             "mlflow_run_id": run_id,
+            "storage_path": storage_path,
+            "run_name": run_name,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -124,7 +131,7 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=_storage_path(cfg.train.storage_path),
+            storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),

@@ -22,13 +22,13 @@ from usvs_dist.dist import collectives
 from usvs_dist.dist.engine import build_engine, gathered_params
 from usvs_dist.models import build_model, encoder_state_dicts
 from usvs_dist.tracking import MlflowTracker, NullTracker
+from usvs_dist.train.resume import RNG_DIR, latest_complete_checkpoint
 from usvs_dist.train.state import TrainState
 from usvs_dist.train.step import train_step
 
 log = logging.getLogger(__name__)
 ENGINE_TAG = "deepspeed"
 ENCODERS_FILE = "encoders.pt"
-RNG_DIR = "rng"
 
 
 def _save_rng(folder: Path, rank: int) -> None:
@@ -75,12 +75,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = build_model(cfg.model, cfg.data)
     engine = build_engine(model, cfg)
 
-    state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
+    state = TrainState(world_size=world)
+    # The newest complete checkpoint in storage, not only the one Ray registered: a worker killed
+    # right after a report can beat the registration, and a stopped driver may leave no snapshot
+    # (see train/resume.py). Nothing writes to storage while a group starts, so ranks agree.
+    found = latest_complete_checkpoint(loop_config["storage_path"], loop_config["run_name"])
+    checkpoint = ray.train.Checkpoint(found) if found else ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             engine.load_checkpoint(folder, tag=ENGINE_TAG)
             state = TrainState.load(Path(folder))
+            state.world_size = world
             _load_rng(Path(folder), rank)
         log.info("rank %d resumed at step %d", rank, state.step)
 
@@ -102,6 +107,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0
         else NullTracker()
     )
+    if checkpoint is not None:
+        # Visible in MLflow: where each restart of the worker group picked up.
+        tracker.log_metrics({"resumed_from_step": state.step}, state.step)
     accum = cfg.train.grad_accum_steps
     global_batch = cfg.data.batch_size * world * accum
     if rank == 0:

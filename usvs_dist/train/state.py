@@ -11,10 +11,11 @@ STATE_FILE = "train_state.json"
 
 @dataclass
 class TrainState:
-    """Step counter and samples seen (global, over all ranks)."""
+    """Step counter, samples seen (global, over all ranks) and the world size that saved it."""
 
     step: int = 0
     samples: int = 0
+    world_size: int = 0
 
     def save(self, folder: Path) -> None:
         """Write train_state.json into a checkpoint folder."""
@@ -23,4 +24,5 @@ class TrainState:
     @classmethod
     def load(cls, folder: Path) -> TrainState:
         """Read train_state.json from a checkpoint folder."""
-        return cls(**json.loads((folder / STATE_FILE).read_text()))
+        fields = json.loads((folder / STATE_FILE).read_text())
+        return cls(**{k: fields[k] for k in ("step", "samples", "world_size") if k in fields})
