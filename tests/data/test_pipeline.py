@@ -122,3 +122,12 @@ def test_a_stream_of_undecodable_samples_stops_with_the_shard_and_key(phantom_sh
         RuntimeError, match=rf"max_bad_fraction=0.05; last: shard .*{shard['name']}, key \w+_\d{{9}}"
     ):
         next(iter(loader))
+
+
+def test_a_loader_started_at_an_epoch_draws_what_the_uninterrupted_one_draws_then(phantom_shards):
+    cfg = _cfg(loader_workers=0)
+    loader, _ = train_loader(cfg, phantom_shards, rank=0, world_size=2)
+    epochs = [[k for b in loader for k in b["__key__"]] for _ in range(3)]
+    resumed, _ = train_loader(cfg, phantom_shards, rank=0, world_size=2, start_epoch=2)
+    assert [k for b in resumed for k in b["__key__"]] == epochs[2]
+    assert epochs[2] != epochs[0]  # a resumed run does not replay the first epoch's draws

@@ -85,6 +85,7 @@ class ClipDecoder:
         train: bool,
         use_gpu: bool = False,
         local_rank: int = 0,
+        epoch: int = 0,
     ):
         self.cfg = cfg
         self.samples = round(clip_seconds * cfg.sample_rate)
@@ -92,6 +93,7 @@ class ClipDecoder:
         self.train = train
         self.use_gpu = use_gpu
         self.local_rank = local_rank
+        self.epoch = epoch
         self.bad = 0
         self.seen = 0
         self._rng: random.Random | None = None
@@ -102,8 +104,9 @@ class ClipDecoder:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         self.worker = worker
-        # One stream per (seed, rank, worker): ranks and workers draw different frames.
-        self._rng = random.Random(f"{self.cfg.seed}-{self.rank}-{worker}")
+        # One stream per (seed, rank, worker, starting epoch): ranks, workers and resumed runs
+        # draw different frames.
+        self._rng = random.Random(f"{self.cfg.seed}-{self.rank}-{worker}-{self.epoch}")
         self._mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=self.cfg.sample_rate,
             n_fft=self.cfg.n_fft,

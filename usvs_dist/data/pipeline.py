@@ -87,8 +87,14 @@ def train_loader(
     world_size: int,
     use_gpu: bool = False,
     local_rank: int = 0,
+    start_epoch: int = 0,
 ) -> tuple[wds.WebLoader, LoaderPlan]:
-    """Endless, resampled stream of training batches for one rank, in epochs of equal length."""
+    """Endless, resampled stream of training batches for one rank, in epochs of equal length.
+
+    `start_epoch` (the loader state a checkpoint keeps) seeds shard draws, shuffles and frame
+    jitter as from that epoch on, so a resumed run draws fresh data rather than replaying the
+    run's first epochs; the position inside an interrupted epoch is not kept.
+    """
     index = read_index(folder)
     shards = [s for s in index["shards"] if s["split"] == cfg.split and s["clips"] > 0]
     if not shards:
@@ -96,16 +102,28 @@ def train_loader(
     urls = [str(Path(folder) / s["name"]) for s in shards]
     plan = plan_epoch(sum(s["clips"] for s in shards), cfg.batch_size, world_size, cfg.loader_workers)
     decoder = ClipDecoder(
-        cfg, index["clip_seconds"], rank, train=True, use_gpu=use_gpu, local_rank=local_rank
+        cfg,
+        index["clip_seconds"],
+        rank,
+        train=True,
+        use_gpu=use_gpu,
+        local_rank=local_rank,
+        epoch=start_epoch,
     )
+    shard_draws = wds.ResampledShards(
+        urls, seed=cfg.seed, worker_seed=_RankWorkerSeed(rank), deterministic=True
+    )
+    shard_draws.epoch = start_epoch - 1  # incremented as each epoch starts
+    shuffle = _RankShuffle(cfg.shuffle_buffer, cfg.seed, rank)
+    shuffle.epoch = start_epoch - 1
     dataset = wds.DataPipeline(
         # Shards drawn with replacement, seeded per (rank, worker): no node splitting is needed and
         # no rank ever runs dry, so all ranks step in lockstep.
-        wds.ResampledShards(urls, seed=cfg.seed, worker_seed=_RankWorkerSeed(rank), deterministic=True),
+        shard_draws,
         # tar -> {__key__, mp4, json}; unreadable members are logged and skipped.
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
         # Shuffle raw bytes, before the costly decode.
-        _RankShuffle(cfg.shuffle_buffer, cfg.seed, rank),
+        shuffle,
         # Decord decode, frame sampling, log-mel; bad samples are counted and dropped.
         wds.map(decoder),
         # Full batches only: the gathered losses need equal batch sizes on every rank.

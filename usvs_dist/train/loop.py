@@ -96,6 +96,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         world,
         use_gpu=cfg.train.use_gpu,
         local_rank=ctx.get_local_rank(),
+        start_epoch=state.loader_epoch,
     )
     tracker = (
         MlflowTracker(
@@ -162,4 +163,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             window = {}
             if last:
                 break
+        else:
+            state.loader_epoch += 1
     tracker.close()

@@ -11,10 +11,12 @@ STATE_FILE = "train_state.json"
 
 @dataclass
 class TrainState:
-    """Step counter, samples seen (global, over all ranks) and the world size that saved it."""
+    """Step counter, samples seen (global, over all ranks), loader epochs, and who saved it."""
 
     step: int = 0
     samples: int = 0
+    loader_epoch: int = 0
+    """Loader epochs completed: a resumed loader draws as from this epoch on."""
     world_size: int = 0
 
     def save(self, folder: Path) -> None:
@@ -25,4 +27,4 @@ class TrainState:
     def load(cls, folder: Path) -> TrainState:
         """Read train_state.json from a checkpoint folder."""
         fields = json.loads((folder / STATE_FILE).read_text())
-        return cls(**{k: fields[k] for k in ("step", "samples", "world_size") if k in fields})
+        return cls(**{k: fields[k] for k in ("step", "samples", "loader_epoch", "world_size") if k in fields})
