@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.conftest import free_port
 from usvs_dist.losses import info_nce
 
 TAU = 0.1
@@ -76,12 +76,6 @@ def test_few_sgd_steps_lower_the_loss():
     assert loss.item() < 0.5 * first
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, out: dict):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -119,7 +113,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch():
     with mp.Manager() as manager:
         out = manager.dict()
         mp.start_processes(
-            _worker, args=(world, _free_port(), x, y, w, out), nprocs=world, start_method="spawn"
+            _worker, args=(world, free_port(), x, y, w, out), nprocs=world, start_method="spawn"
         )
         out = dict(out)
 

@@ -5,20 +5,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.train.runner import REPO, TINY, client_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -28,7 +22,7 @@ def test_ray_job_submit_runs_the_training_entry(phantom_shards, tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_AUTH_MODE"] = "token"
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    dashboard = _free_port()
+    dashboard = free_port()
     work = tmp_path / "src"
     shutil.copytree(
         REPO,
@@ -43,7 +37,7 @@ def test_ray_job_submit_runs_the_training_entry(phantom_shards, tmp_path):
             "start",
             "--head",
             "--num-cpus=2",
-            f"--port={_free_port()}",
+            f"--port={free_port()}",
             f"--dashboard-port={dashboard}",
             "--disable-usage-stats",
         ],

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 
+from tests.conftest import free_port
 from usvs_dist.config import ConfigError, OptimConfig, load_config
 from usvs_dist.dist.engine import deepspeed_config, lr_factor
 from usvs_dist.tracking import MlflowTracker, finish_run
@@ -45,9 +45,7 @@ def test_global_batch_must_match_workers_micro_batch_and_accumulation():
 def test_an_mlflow_outage_is_a_warning_not_an_error(monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    with socket.socket() as s:  # a port nothing listens on: the server is down
-        s.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the server is down
     tracker = MlflowTracker(uri, "0" * 32)
     with caplog.at_level(logging.WARNING):
         tracker.log_metrics({"loss": 1.0}, step=1)

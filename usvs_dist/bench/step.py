@@ -25,7 +25,7 @@ def synthetic_batch(cfg: RootConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """A fixed batch of the shapes the loader yields for this config."""
     g = torch.Generator().manual_seed(seed)
     d = cfg.data
-    frames = round(2.0 * d.sample_rate) // d.hop_length + 1
+    frames = round(cfg.phantom.clip_seconds * d.sample_rate) // d.hop_length + 1
     return {
         "video": torch.rand(d.batch_size, d.channels, d.num_frames, d.frame_size, d.frame_size, generator=g),
         "audio": torch.randn(d.batch_size, 1, d.n_mels, frames, generator=g),
