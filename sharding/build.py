@@ -209,7 +209,8 @@ def cut_scan(row: ScanRow, scan_hash: str, patient_hash: str, opts: BuildOptions
     return clips, tail
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -240,7 +241,7 @@ class _SplitWriter:
                 "clips": self.counts.get(tmp_name, 0),
                 "seconds": round(self.seconds.get(tmp_name, 0.0), 3),
                 "bytes": final.stat().st_size,
-                "sha256": _sha256(final),
+                "sha256": sha256_file(final),
             }
         )
 

@@ -9,22 +9,8 @@ from pathlib import Path
 
 import decord
 
-from sharding.build import _sha256
+from sharding.build import sha256_file
 from usvs_dist.data import schema
-
-
-def load_index(folder: Path) -> dict:
-    """Read and version-check a shard folder's index.json."""
-    path = folder / schema.INDEX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (expected a folder written by `sharding build`)")
-    index = json.loads(path.read_text())
-    if index.get("format_version") != schema.FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {index.get('format_version')!r}, "
-            f"this tool reads version {schema.FORMAT_VERSION}"
-        )
-    return index
 
 
 def decode_first(shard: Path) -> str:
@@ -53,7 +39,7 @@ def inspect(folder: Path, verify: bool = False, log=print) -> int:
 
     Returns the number of problems found (0 when all is well).
     """
-    index = load_index(folder)
+    index = schema.read_index(folder)
     totals = index["totals"]
     log(
         f"{folder}: format v{index['format_version']}, {totals['clips']} clips, {totals['seconds']} s, "
@@ -72,7 +58,7 @@ def inspect(folder: Path, verify: bool = False, log=print) -> int:
             log(f"  MISSING {shard['name']}")
             problems += 1
             continue
-        if verify and _sha256(path) != shard["sha256"]:
+        if verify and sha256_file(path) != shard["sha256"]:
             log(f"  CHECKSUM MISMATCH {shard['name']}")
             problems += 1
             continue

@@ -14,7 +14,8 @@ import torch
 from usvs_dist.config import DataConfig
 from usvs_dist.data import schema
 from usvs_dist.data.decode import resolve_decode_context, sample_frame_indices
-from usvs_dist.data.pipeline import plan_epoch, read_index, train_loader
+from usvs_dist.data.pipeline import plan_epoch, train_loader
+from usvs_dist.data.schema import read_index
 
 
 def _cfg(**kw) -> DataConfig:

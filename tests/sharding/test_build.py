@@ -14,7 +14,7 @@ import torch
 import torchaudio
 
 from sharding.__main__ import main as shard_main
-from sharding.build import BuildOptions, _sha256, build
+from sharding.build import BuildOptions, build, sha256_file
 from sharding.phantom import make_spec, render_narration, render_video, synthesize
 from tests.conftest import PHANTOM
 from usvs_dist.data import schema
@@ -49,7 +49,7 @@ def test_counts_and_checksums_match_the_index(phantom_shards):
         samples = read_tar(phantom_shards / shard["name"])
         assert len(samples) == shard["clips"]
         assert all(set(s) == {"mp4", "json"} for s in samples.values())
-        assert _sha256(phantom_shards / shard["name"]) == shard["sha256"]
+        assert sha256_file(phantom_shards / shard["name"]) == shard["sha256"]
         total += shard["clips"]
     # 6 scans of 12 s in 2 s clips.
     assert total == index["totals"]["clips"] == 36

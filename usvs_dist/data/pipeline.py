@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -13,23 +12,8 @@ import webdataset as wds
 from torch.utils.data import default_collate
 
 from usvs_dist.config.schema import DataConfig
-from usvs_dist.data import schema
 from usvs_dist.data.decode import ClipDecoder
-
-
-def read_index(folder: str | Path) -> dict:
-    """index.json of a shard folder, checked for the format version this loader reads."""
-    path = Path(folder) / schema.INDEX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: data.shards must name a folder made by `sharding build`"
-        )
-    index = json.loads(path.read_text())
-    if index.get("format_version") != schema.FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {index.get('format_version')!r}, expected {schema.FORMAT_VERSION}"
-        )
-    return index
+from usvs_dist.data.schema import read_index
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ prose form of what is fixed here.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 SPLITS = ("train", "val", "test")
@@ -58,3 +61,14 @@ def shard_name(split: str, index: int) -> str:
 def sample_key(scan_hash: str, t0_seconds: float) -> str:
     """Sample key `{scan_hash}_{t0_ms:09d}`; no dots, which WebDataset reads as extensions."""
     return f"{scan_hash}_{round(t0_seconds * 1000):09d}"
+
+
+def read_index(folder: str | Path) -> dict:
+    """index.json of a shard folder, checked for the format version this code reads."""
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a folder written by `sharding build`)")
+    index = json.loads(path.read_text())
+    if index.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {index.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return index

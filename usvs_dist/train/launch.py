@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,8 +16,11 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from sharding.build import sha256_file
 from usvs_dist.config import RootConfig, flatten, to_dict, to_yaml
-from usvs_dist.data.pipeline import plan_epoch, read_index
+from usvs_dist.data import schema
+from usvs_dist.data.pipeline import plan_epoch
+from usvs_dist.data.schema import read_index
 from usvs_dist.dist.engine import deepspeed_config
 from usvs_dist.losses import RECIPES
 from usvs_dist.models import check_names
@@ -98,7 +100,7 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         flatten(cfg),
         tags={
             "recipe": cfg.objective.recipe,
-            "shard_index_sha256": _sha256_file(shards / "index.json"),
+            "shard_index_sha256": sha256_file(shards / schema.INDEX_NAME),
             "git_commit": _git_commit(),
         },
     )
@@ -171,7 +173,3 @@ def _git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
