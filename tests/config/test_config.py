@@ -81,3 +81,35 @@ def test_entry_exits_2_with_one_line_before_ray_starts(argv, capsys, tmp_path, m
     assert argv[0].split("=")[0] in err
     assert not ray.is_initialized()
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+PAPER_CONFIGS = ("usvs2020", "dual2024", "isbi2020", "awcl2022")
+
+
+@pytest.mark.parametrize("recipe", PAPER_CONFIGS)
+def test_paper_configs_hold_the_papers_settings(recipe):
+    from usvs_dist.train.launch import check_config
+
+    cfg = load_config(REPO / "configs" / f"{recipe}.yaml")
+    check_config(cfg)
+    assert cfg.objective.recipe == recipe
+    assert (cfg.data.num_frames, cfg.data.frame_size, cfg.data.channels) == (14, 128, 1)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 3e-3, 1e-4)
+    assert cfg.train.use_gpu and (cfg.model.embed_dim == 512 or recipe == "isbi2020")  # isbi2020: no latent
+    assert cfg.model.video == "r2plus1d_18" or recipe == "awcl2022"
+
+
+def test_dual2024_config_builds_the_paper_model():
+    from usvs_dist.losses import check_objective
+    from usvs_dist.models import build_model
+
+    cfg = load_config(REPO / "configs" / "dual2024.yaml")
+    assert (cfg.objective.temperature, cfg.objective.pi) == (0.1, 0.5)
+    model = build_model(cfg, check_objective(cfg.objective).outputs)
+    assert {m: type(e).__name__ for m, e in model.encoders.items()} == {
+        "video": "VideoResNet",
+        "audio": "CNN14",
+        "image": "ResNet",
+    }
+    assert model.projections["audio"].proj.out_features == 512
+    assert model.fusions["va"].proj.in_features == 512 + 2048

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tests.conftest import free_port
+from tests.dist_check import assert_two_ranks_match_one
+from usvs_dist.dist import collectives
 from usvs_dist.losses import info_nce
 
 TAU = 0.1
@@ -76,57 +74,36 @@ def test_few_sgd_steps_lower_the_loss():
     assert loss.item() < 0.5 * first
 
 
-def _worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, out: dict):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        b = x.shape[0] // world
-        xr = x[rank * b : (rank + 1) * b].clone().requires_grad_(True)
-        yr = y[rank * b : (rank + 1) * b].clone().requires_grad_(True)
-        proj = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-        proj.weight.data.copy_(w)
-        loss = info_nce(proj(xr), yr, TAU)
-        loss.backward()
-        # What DeepSpeed/DDP do: average parameter gradients over ranks.
-        dist.all_reduce(proj.weight.grad)
-        proj.weight.grad /= world
-        losses = [torch.zeros(()) for _ in range(world)]
-        dist.all_gather(losses, loss.detach())
-        out[rank] = {
-            "loss": torch.stack(losses).mean(),
-            "gx": xr.grad.clone(),
-            "gy": yr.grad.clone(),
-            "gw": proj.weight.grad.clone(),
-        }
-    finally:
-        dist.destroy_process_group()
+def _masked_nce(x, y, labels):
+    # A symmetric relation as the admitted-negatives mask: same parity of the global index.
+    n = collectives.world_size() * x.shape[0]
+    rows = collectives.global_rows(x.shape[0], x.device)
+    admit = (rows[:, None] % 2) == (torch.arange(n)[None, :] % 2)
+    return info_nce(x, y, TAU, admit_BN=admit)
 
 
-def test_two_gloo_ranks_equal_one_process_on_the_global_batch():
-    world, b, d = 2, 5, 6
+def _plain_nce(x, y, labels):
+    return info_nce(x, y, TAU)
+
+
+@pytest.mark.parametrize("loss_fn", [_plain_nce, _masked_nce], ids=["plain", "masked"])
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch(loss_fn):
     g = torch.Generator().manual_seed(3)
-    x, y, w = (
-        torch.randn(world * b, d, generator=g),
-        torch.randn(world * b, d, generator=g),
-        torch.randn(d, d, generator=g),
-    )
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(
-            _worker, args=(world, free_port(), x, y, w, out), nprocs=world, start_method="spawn"
-        )
-        out = dict(out)
+    x, y = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    assert_two_ranks_match_one(loss_fn, [x, y])
 
-    xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    proj = torch.nn.Linear(d, d, bias=False)
-    proj.weight.data.copy_(w)
-    loss = info_nce(proj(xs), ys, TAU)
-    loss.backward()
 
-    assert out[0]["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
-    for r in range(world):
-        rows = slice(r * b, (r + 1) * b)
-        # Each rank's input gradient is W x the global one before the ranks' averaging.
-        assert torch.allclose(out[r]["gx"] / world, xs.grad[rows], atol=1e-5)
-        assert torch.allclose(out[r]["gy"] / world, ys.grad[rows], atol=1e-5)
-        assert torch.allclose(out[r]["gw"], proj.weight.grad, atol=1e-5)
+def test_masked_negatives_match_the_reference_on_the_admitted_columns():
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    admit = torch.rand(6, 6, generator=g) > 0.5
+    admit = admit & admit.T
+    got = info_nce(x, y, TAU, symmetric=False, admit_BN=admit)
+    # Reference: each row's softmax over its positive and its admitted negatives only.
+    xs, ys = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    total = 0.0
+    for k in range(6):
+        cols = [j for j in range(6) if j == k or admit[k, j]]
+        s = torch.stack([xs[k] @ ys[j] / TAU for j in cols])
+        total += -(s[cols.index(k)] - torch.logsumexp(s, 0))
+    assert got.item() == pytest.approx(total.item() / 6, abs=1e-5)

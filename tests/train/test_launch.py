@@ -8,15 +8,35 @@ import pytest
 
 from usvs_dist.config import load_config
 from usvs_dist.tracking import resolve_uri
-from usvs_dist.train.launch import _warn_about_job_working_dir, check_config
+from usvs_dist.train.launch import _warn_about_job_working_dir, check_config, check_labels
 
 
 def test_registry_names_are_checked():
     check_config(load_config())
-    with pytest.raises(ValueError, match="model.audio='cnn99' is invalid: expected one of tiny2d"):
+    with pytest.raises(ValueError, match="model.audio='cnn99' is invalid: expected one of cnn14, tiny_cnn14"):
         check_config(load_config(None, ["model.audio=cnn99"]))
     with pytest.raises(ValueError, match="objective.recipe='x'"):
         check_config(load_config(None, ["objective.recipe=x"]))
+    # Only the encoders the recipe runs are checked: isbi2020 is video only.
+    check_config(load_config(None, ["objective.recipe=isbi2020", "model.audio=cnn99"]))
+
+
+def test_order_prediction_needs_a_frame_per_subclip():
+    with pytest.raises(ValueError, match="data.num_frames=2 .* objective.pretext.subclips=3"):
+        check_config(load_config(None, ["objective.recipe=isbi2020", "data.num_frames=2"]))
+
+
+def test_label_recipe_fails_before_workers_on_unlabelled_shards(tmp_path, caplog):
+    needs = check_config(load_config(None, ["objective.recipe=awcl2022"]))
+    unlabelled = {"labels": {"clips_with_labels": 0}, "totals": {"clips": 10}}
+    with pytest.raises(ValueError, match="awcl2022 needs plane labels, but the shards in .* have none"):
+        check_labels(needs, unlabelled, tmp_path, "awcl2022")
+    with caplog.at_level(logging.WARNING):
+        check_labels(
+            needs, {"labels": {"clips_with_labels": 4}, "totals": {"clips": 10}}, tmp_path, "awcl2022"
+        )
+    assert "6 of 10 clips have no plane labels" in caplog.text
+    check_labels(check_config(load_config()), unlabelled, tmp_path, "usvs2020")  # no labels needed
 
 
 def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import torch
 
 from tests.train.runner import TINY, train
 from usvs_dist.config import load_config
+from usvs_dist.losses import check_objective
 from usvs_dist.models import build_model, encoder_state_dicts
 
 
@@ -37,7 +38,7 @@ def test_zero_stage_trains_and_exports_whole_encoders(stage, accum, phantom_shar
 
     exported = torch.load(run.checkpoint / "encoders.pt")
     cfg = load_config(None, TINY)
-    fresh = encoder_state_dicts(build_model(cfg.model, cfg.data))
+    fresh = encoder_state_dicts(build_model(cfg, check_objective(cfg.objective).outputs))
     for module, tensors in fresh.items():
         assert {k: v.shape for k, v in exported[module].items()} == {k: v.shape for k, v in tensors.items()}
     # Trained, not the initial weights (ZeRO-3 partitions would export empty tensors otherwise).

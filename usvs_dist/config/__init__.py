@@ -2,25 +2,35 @@
 
 from usvs_dist.config.load import flatten, from_dict, load_config, to_dict, to_yaml
 from usvs_dist.config.schema import (
+    AnatomyConfig,
+    AugmentConfig,
     ConfigError,
     DataConfig,
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,
     PhantomConfig,
+    PretextConfig,
     RootConfig,
+    SelfPacedConfig,
+    TermConfig,
     TrackingConfig,
     TrainConfig,
 )
 
 __all__ = [
+    "AnatomyConfig",
+    "AugmentConfig",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "OptimConfig",
     "PhantomConfig",
+    "PretextConfig",
     "RootConfig",
+    "SelfPacedConfig",
+    "TermConfig",
     "TrackingConfig",
     "TrainConfig",
     "flatten",

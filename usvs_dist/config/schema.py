@@ -7,11 +7,15 @@ Each section validates itself in `__post_init__`; errors name the full key and w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 DECODE_DEVICES = ("auto", "cpu", "gpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
+SELF_PACED_SCHEDULES = ("linear", "cosine", "step")
+AFFINITIES = ("mean", "video", "audio")
+GRANULARITIES = ("fine", "coarse")
 
 
 class ConfigError(ValueError):
@@ -61,6 +65,30 @@ class PhantomConfig:
 
 
 @dataclass(kw_only=True)
+class AugmentConfig:
+    """Random view augmentation of frames (the two views of seed 003's contrastive image task)."""
+
+    crop_min_scale: float = 0.5
+    """Random resized crop keeps between this share of the frame's area and all of it."""
+    brightness: float = 0.2
+    """Intensity jitter: gain drawn from [1 - b, 1 + b]."""
+    contrast: float = 0.2
+    """Contrast jitter: factor drawn from [1 - c, 1 + c]."""
+    flip: bool = False
+    """Random horizontal flip (off by default: probe side and situs carry meaning in fetal scans)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            0.05 <= self.crop_min_scale <= 1.0,
+            "data.augment.crop_min_scale",
+            self.crop_min_scale,
+            "in [0.05, 1]",
+        )
+        _check(0.0 <= self.brightness < 1.0, "data.augment.brightness", self.brightness, "in [0, 1)")
+        _check(0.0 <= self.contrast < 1.0, "data.augment.contrast", self.contrast, "in [0, 1)")
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Shard stream, decoding and the tensors a batch holds."""
 
@@ -100,6 +128,7 @@ class DataConfig:
     """Share of undecodable samples a loader worker tolerates (skipped, counted) before the run stops."""
     seed: int = 0
     """Seed of shard and sample shuffling (the rank is mixed in for samples)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         _check(self.split in ("train", "val", "test"), "data.split", self.split, "one of train, val, test")
@@ -146,33 +175,168 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """Encoders and projection heads."""
+    """Encoders, projection heads, fusion and pretext heads (built as the recipe needs them)."""
 
     video: str = "tiny3d"
-    """Video encoder name from usvs_dist.models.VIDEO_ENCODERS (checked before Ray starts)."""
+    """Video encoder in usvs_dist.models.VIDEO_ENCODERS: r2plus1d_18 (paper), tiny_r2plus1d, tiny3d."""
     audio: str = "tiny2d"
-    """Audio encoder name from usvs_dist.models.AUDIO_ENCODERS (checked before Ray starts)."""
+    """Audio encoder in usvs_dist.models.AUDIO_ENCODERS: cnn14 (paper), tiny_cnn14, tiny2d."""
+    image: str = "tiny_resnet"
+    """Image encoder in usvs_dist.models.IMAGE_ENCODERS: resnet18 (paper), tiny_resnet."""
     width: int = 16
-    """Base channel width of the tiny encoders."""
+    """Base channel width of the tiny encoders (paper-size encoders keep their published widths)."""
     embed_dim: int = 64
     """Shared latent size D (512 at paper size)."""
+    head_hidden: int = 128
+    """Hidden units of the pretext-task MLP heads (seed 001)."""
+    video_weights: str = ""
+    """Optional local file of video-encoder weights (a state dict or a usvs_dist encoders.pt)."""
+    audio_weights: str = ""
+    """Optional local file of audio-encoder weights."""
+    image_weights: str = ""
+    """Optional local file of image-encoder weights."""
 
     def __post_init__(self) -> None:
         _check(self.width >= 1, "model.width", self.width, "an integer >= 1")
         _check(self.embed_dim >= 2, "model.embed_dim", self.embed_dim, "an integer >= 2")
+        _check(self.head_hidden >= 1, "model.head_hidden", self.head_hidden, "an integer >= 1")
+
+
+@dataclass(kw_only=True)
+class SelfPacedConfig:
+    """Seed 000's affinity-aware self-paced negatives (the schedule Tune sweeps)."""
+
+    lambda0: float = 0.5
+    """Share lambda(0) of each anchor's negatives admitted at the start, lowest affinity first."""
+    kappa: float = 0.9
+    """Affinity above which a negative is always excluded as a likely positive."""
+    schedule: str = "linear"
+    """How lambda grows from lambda0 to 1: linear, cosine or step."""
+    ramp_fraction: float = 0.5
+    """Share of train.steps over which lambda reaches 1 (METHODS.md: the first half)."""
+    stages: int = 4
+    """Equal stairs of the step schedule."""
+    affinity: str = "mean"
+    """Affinity A_kj: mean of the video-video and audio-audio cosines, or video or audio alone."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.lambda0 <= 1.0, "objective.self_paced.lambda0", self.lambda0, "in [0, 1]")
+        _check(-1.0 < self.kappa <= 1.0, "objective.self_paced.kappa", self.kappa, "in (-1, 1]")
+        _check(
+            self.schedule in SELF_PACED_SCHEDULES,
+            "objective.self_paced.schedule",
+            self.schedule,
+            f"one of {', '.join(SELF_PACED_SCHEDULES)}",
+        )
+        _check(
+            0.0 < self.ramp_fraction <= 1.0,
+            "objective.self_paced.ramp_fraction",
+            self.ramp_fraction,
+            "in (0, 1]",
+        )
+        _check(self.stages >= 1, "objective.self_paced.stages", self.stages, "an integer >= 1")
+        _check(
+            self.affinity in AFFINITIES,
+            "objective.self_paced.affinity",
+            self.affinity,
+            f"one of {', '.join(AFFINITIES)}",
+        )
+
+
+@dataclass(kw_only=True)
+class PretextConfig:
+    """Seed 001's pretext tasks: sub-clip order and geometric transformation prediction."""
+
+    subclips: int = 3
+    """Sub-clips K a clip is cut into for order prediction (each gets num_frames // K frames)."""
+    permutations: int = 0
+    """Orders P to classify; 0: all K!, else the first P in lexicographic order."""
+    rotations: int = 4
+    """Rotations to classify: 4 (0/90/180/270 degrees) or 2 (0/180)."""
+    transform_weight: float = 1.0
+    """w in L = CE_order + w CE_transform."""
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.subclips <= 5, "objective.pretext.subclips", self.subclips, "an integer in [2, 5]")
+        _check(
+            self.permutations == 0 or 2 <= self.permutations <= math.factorial(self.subclips),
+            "objective.pretext.permutations",
+            self.permutations,
+            f"0 (all) or in [2, {math.factorial(self.subclips)}] for {self.subclips} sub-clips",
+        )
+        _check(self.rotations in (2, 4), "objective.pretext.rotations", self.rotations, "2 or 4")
+        _check(
+            self.transform_weight >= 0, "objective.pretext.transform_weight", self.transform_weight, ">= 0"
+        )
+
+
+@dataclass(kw_only=True)
+class AnatomyConfig:
+    """Seed 003's anatomy-aware positives (needs plane labels in the shards)."""
+
+    granularity: str = "fine"
+    """fine: same standard plane; coarse: same anatomy (heart, brain, spine, ...)."""
+    ratio: float = 0.5
+    """Anatomy ratio: share of each anchor's positive weight on other samples of its anatomy."""
+    background_positive: bool = False
+    """Count two background frames as an anatomy pair (off: background is not an anatomy)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.granularity in GRANULARITIES,
+            "objective.anatomy.granularity",
+            self.granularity,
+            f"one of {', '.join(GRANULARITIES)}",
+        )
+        _check(0.0 <= self.ratio <= 1.0, "objective.anatomy.ratio", self.ratio, "in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class TermConfig:
+    """One weighted term of the custom recipe."""
+
+    term: str = "va_nce"
+    """Name in usvs_dist.losses.TERMS."""
+    weight: float = 1.0
+    """Its weight in the sum."""
 
 
 @dataclass(kw_only=True)
 class ObjectiveConfig:
-    """The training objective (recipes of ../shared/METHODS.md)."""
+    """The training objective: a recipe of ../shared/METHODS.md and its hyperparameters."""
 
-    recipe: str = "va_infonce"
-    """Name in usvs_dist.losses.RECIPES; va_infonce: symmetric video<->audio InfoNCE."""
+    recipe: str = "usvs2020"
+    """usvs2020 (seed 000), dual2024 (seed 002), isbi2020 (seed 001), awcl2022 (seed 003) or custom."""
     temperature: float = 0.1
     """InfoNCE temperature tau (seed 002: 0.1)."""
+    symmetric: bool = True
+    """Symmetrise InfoNCE: 1/2 [L_c(x, y) + L_c(y, x)]."""
+    pi: float = 0.5
+    """Seed 002's balance of L_c(v, a) against L_c(v, va) in L_a (and of L_c(v, i), L_c(v, vi) in L_i)."""
+    margin: float = 0.2
+    """Margin alpha of the hardest-negative triplet ranking loss (VSE++)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Weights of the recipe's named parts, e.g. {mmcl_a: 1.0, mmsl_va: 0.5}; parts not named weigh 1."""
+    terms: list[TermConfig] = field(default_factory=list)
+    """The custom recipe's weighted terms (names from usvs_dist.losses.TERMS)."""
+    self_paced: SelfPacedConfig = field(default_factory=SelfPacedConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    anatomy: AnatomyConfig = field(default_factory=AnatomyConfig)
 
     def __post_init__(self) -> None:
         _check(0.0 < self.temperature <= 1.0, "objective.temperature", self.temperature, "a float in (0, 1]")
+        _check(0.0 <= self.pi <= 1.0, "objective.pi", self.pi, "in [0, 1]")
+        _check(0.0 <= self.margin <= 2.0, "objective.margin", self.margin, "in [0, 2] (cosines span 2)")
+        for name, weight in self.weights.items():
+            _check(weight >= 0, f"objective.weights.{name}", weight, ">= 0")
+        _check(
+            (self.recipe == "custom") == bool(self.terms),
+            "objective.terms",
+            [t.term for t in self.terms],
+            "a non-empty list when objective.recipe=custom, and empty otherwise",
+        )
+        for k, term in enumerate(self.terms):
+            _check(term.weight >= 0, f"objective.terms[{k}].weight", term.weight, ">= 0")
 
 
 @dataclass(kw_only=True)

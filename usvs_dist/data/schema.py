@@ -49,6 +49,10 @@ PLANES = (
 )
 """The 14 standard-plane classes (13 planes + background) of ../shared/METHODS.md, in label order."""
 BACKGROUND = PLANES.index("background")
+ANATOMIES = ("heart", "abdomen", "femur", "brain", "kidneys", "face", "spine", "background")
+"""Coarse anatomy classes (seed 003's coarse granularity), in label order."""
+PLANE_ANATOMY = (0, 0, 1, 2, 3, 4, 0, 5, 5, 0, 3, 6, 6, 7)
+"""ANATOMIES index of each PLANES entry: 3vt, 4ch, lvot and rvot are heart; lips and profile face."""
 
 
 def shard_name(split: str, index: int) -> str:

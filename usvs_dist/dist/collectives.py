@@ -39,6 +39,20 @@ def gather_with_grad(x_BD: torch.Tensor) -> torch.Tensor:
     return torch.cat(torch.distributed.nn.functional.all_gather(x_BD), dim=0)
 
 
+def gather_nograd(x_B: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows concatenated in rank order, without gradient (labels, detached affinities)."""
+    if not is_distributed():
+        return x_B.detach()
+    parts = [torch.empty_like(x_B) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x_B.detach().contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def global_rows(B: int, device: torch.device | str) -> torch.Tensor:
+    """Indices of this rank's B rows in the gathered [W*B] batch (the positives' columns)."""
+    return torch.arange(B, device=device) + rank() * B
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over ranks, without gradient (for logging)."""
     if not is_distributed():

@@ -14,8 +14,24 @@ import torch.nn.functional as F
 from usvs_dist.dist import collectives
 
 
+def _one_way(
+    x_BD: torch.Tensor, y_ND: torch.Tensor, temperature: float, admit_BN: torch.Tensor | None
+) -> torch.Tensor:
+    rows_B = collectives.global_rows(x_BD.shape[0], x_BD.device)
+    logits_BN = x_BD @ y_ND.T / temperature
+    if admit_BN is not None:
+        keep_BN = admit_BN.clone()
+        keep_BN[torch.arange(len(rows_B)), rows_B] = True  # the positive is never masked out
+        logits_BN = logits_BN.masked_fill(~keep_BN, float("-inf"))
+    return F.cross_entropy(logits_BN, rows_B)
+
+
 def info_nce(
-    anchor_BD: torch.Tensor, candidate_BD: torch.Tensor, temperature: float, symmetric: bool = True
+    anchor_BD: torch.Tensor,
+    candidate_BD: torch.Tensor,
+    temperature: float,
+    symmetric: bool = True,
+    admit_BN: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE of anchors x against candidates y over the global batch; symmetrised by default.
 
@@ -24,6 +40,9 @@ def info_nce(
         candidate_BD: this rank's positives, row k pairs with anchor row k (e.g. audio).
         temperature: tau > 0.
         symmetric: return 1/2 [L_c(x, y) + L_c(y, x)] instead of L_c(x, y).
+        admit_BN: optional bool mask of the negatives each local row may use (columns index the
+            gathered batch); the positive is always kept. Used for both directions, so it must
+            come from a symmetric relation (e.g. affinities) when `symmetric`.
 
     Returns:
         The scalar loss averaged over this rank's rows; its mean over ranks is the global loss.
@@ -32,11 +51,7 @@ def info_nce(
         raise ValueError(f"anchor {tuple(anchor_BD.shape)} and candidate {tuple(candidate_BD.shape)} differ")
     x_BD = F.normalize(anchor_BD, dim=-1)
     y_BD = F.normalize(candidate_BD, dim=-1)
-    B = x_BD.shape[0]
-    targets_B = torch.arange(B, device=x_BD.device) + collectives.rank() * B
-    y_ND = collectives.gather_with_grad(y_BD)
-    loss = F.cross_entropy(x_BD @ y_ND.T / temperature, targets_B)
+    loss = _one_way(x_BD, collectives.gather_with_grad(y_BD), temperature, admit_BN)
     if not symmetric:
         return loss
-    x_ND = collectives.gather_with_grad(x_BD)
-    return 0.5 * (loss + F.cross_entropy(y_BD @ x_ND.T / temperature, targets_B))
+    return 0.5 * (loss + _one_way(y_BD, collectives.gather_with_grad(x_BD), temperature, admit_BN))

@@ -22,8 +22,8 @@ from usvs_dist.data import schema
 from usvs_dist.data.pipeline import plan_epoch
 from usvs_dist.data.schema import read_index
 from usvs_dist.dist.engine import deepspeed_config
-from usvs_dist.losses import RECIPES
-from usvs_dist.models import check_names
+from usvs_dist.losses import Requirements, check_objective
+from usvs_dist.models import check_names, modalities_for
 from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
 from usvs_dist.train.loop import ENCODERS_FILE, train_loop_per_worker
 from usvs_dist.train.phantom_cache import ensure_phantom_shards
@@ -43,13 +43,33 @@ class RunResult:
     metrics: dict
 
 
-def check_config(cfg: RootConfig) -> None:
-    """Checks needing the registries (config/ is the leaf and cannot see them)."""
-    check_names(cfg.model)
-    if cfg.objective.recipe not in RECIPES:
+def check_config(cfg: RootConfig) -> Requirements:
+    """Checks needing the registries (config/ is the leaf and cannot see them); what the recipe reads."""
+    needs = check_objective(cfg.objective)
+    check_names(cfg.model, modalities_for(needs.outputs))
+    subclips = cfg.objective.pretext.subclips
+    if "order_logits" in needs.outputs and cfg.data.num_frames < subclips:
         raise ValueError(
-            f"config key objective.recipe={cfg.objective.recipe!r} is invalid: "
-            f"expected one of {', '.join(RECIPES)}"
+            f"config key data.num_frames={cfg.data.num_frames} is invalid: order prediction cuts clips into "
+            f"objective.pretext.subclips={subclips} sub-clips of at least one frame"
+        )
+    return needs
+
+
+def check_labels(needs: Requirements, index: dict, shards: Path, recipe: str) -> None:
+    """A recipe reading plane labels fails before any worker starts when the shards have none."""
+    if not needs.needs_labels:
+        return
+    labelled = index.get("labels", {}).get("clips_with_labels", 0)
+    total = index.get("totals", {}).get("clips", 0)
+    if labelled == 0:
+        raise ValueError(
+            f"objective.recipe={recipe} needs plane labels, but the shards in {shards} have none "
+            "(index.json labels.clips_with_labels = 0); shard scans with a labels file"
+        )
+    if labelled < total:
+        log.warning(
+            "%d of %d clips have no plane labels: they get instance positives only", total - labelled, total
         )
 
 
@@ -84,10 +104,11 @@ def _warn_about_job_working_dir(cfg: RootConfig) -> None:
 
 def run(cfg: RootConfig, log_fn=print) -> RunResult:
     """One pretraining run end to end; raises on failure after marking the MLflow run FAILED."""
-    check_config(cfg)
+    needs = check_config(cfg)
     _warn_about_job_working_dir(cfg)
     shards = Path(cfg.data.shards) if cfg.data.shards else ensure_phantom_shards(cfg.phantom, log=log_fn)
     index = read_index(shards)
+    check_labels(needs, index, shards, cfg.objective.recipe)
     split_clips = index["splits"][cfg.data.split]["clips"]
     plan_epoch(split_clips, cfg.data.batch_size, cfg.train.num_workers, cfg.data.loader_workers)
 

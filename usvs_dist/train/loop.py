@@ -20,11 +20,12 @@ from usvs_dist.config import from_dict
 from usvs_dist.data.pipeline import train_loader
 from usvs_dist.dist import collectives
 from usvs_dist.dist.engine import build_engine, gathered_params
+from usvs_dist.losses import check_objective
 from usvs_dist.models import build_model, encoder_state_dicts
 from usvs_dist.tracking import MlflowTracker, NullTracker
 from usvs_dist.train.resume import RNG_DIR, latest_complete_checkpoint
 from usvs_dist.train.state import TrainState
-from usvs_dist.train.step import train_step
+from usvs_dist.train.step import BatchViews, train_step
 
 log = logging.getLogger(__name__)
 ENGINE_TAG = "deepspeed"
@@ -71,9 +72,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    needs = check_objective(cfg.objective)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.data)
+    model = build_model(cfg, needs.outputs)
     engine = build_engine(model, cfg)
+    # Views, augmentations and dropout draw differently on each rank (a resume restores the state).
+    torch.manual_seed(random.Random(f"{cfg.train.seed}-rank-{rank}").getrandbits(63))
+    make_views = BatchViews(cfg, needs)
 
     state = TrainState(world_size=world)
     # The newest complete checkpoint in storage, not only the one Ray registered: a worker killed
@@ -129,7 +134,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while state.step < cfg.train.steps:
         for batch in loader:
             lr = engine.get_lr()[0]  # the rate this optimizer step uses
-            parts = train_step(engine, batch, cfg.objective)
+            parts = train_step(engine, batch, cfg, make_views, state.step / cfg.train.steps)
             for k, v in parts.items():
                 window[k] = window.get(k, 0.0) + v / accum
             for w, bad in zip(batch["worker"].tolist(), batch["bad_samples"].tolist(), strict=True):

@@ -1,21 +1,82 @@
-"""One optimisation step: forward through the engine, the recipe's parts, backward, step."""
+"""One optimisation step: batch -> the recipe's views -> engine forward -> parts -> backward, step."""
 
 from __future__ import annotations
 
 import torch
 
-from usvs_dist.config.schema import ObjectiveConfig
-from usvs_dist.losses import RECIPES, total_loss
+from usvs_dist.config.schema import RootConfig
+from usvs_dist.data import views
+from usvs_dist.losses import Requirements, objective_parts, total_loss
 
 
-def train_step(engine, batch: dict, objective: ObjectiveConfig) -> dict[str, torch.Tensor]:
-    """Run one step; returns the detached loss parts and `loss` (this rank's values)."""
+class BatchViews:
+    """Turns a loader batch into the model inputs and targets a recipe reads, on the device."""
+
+    def __init__(self, cfg: RootConfig, needs: Requirements):
+        self.cfg = cfg
+        self.needs = needs
+        pretext = cfg.objective.pretext
+        self.perms_PK = (
+            views.order_permutations(pretext.subclips, pretext.permutations)
+            if "order_logits" in needs.outputs
+            else None
+        )
+        self.augment = (
+            views.view_augmentation(cfg.data.augment, cfg.data.frame_size)
+            if "image_view1" in needs.outputs
+            else None
+        )
+
+    def __call__(
+        self, batch: dict, device: torch.device, dtype: torch.dtype
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(model inputs, targets) for this batch."""
+        out = self.needs.outputs
+
+        def moved(key: str) -> torch.Tensor:
+            return batch[key].to(device, dtype=dtype, non_blocking=True)
+
+        inputs: dict[str, torch.Tensor] = {}
+        targets: dict[str, torch.Tensor] = {}
+        if out & {"video", "va", "vi"}:
+            inputs["video"] = moved("video")
+        if out & {"audio", "va"}:
+            inputs["audio"] = moved("audio")
+        if out & {"image", "vi"}:
+            inputs["image"] = moved("image")
+        if self.perms_PK is not None:
+            inputs["order_clips"], targets["order_target"] = views.order_views(moved("video"), self.perms_PK)
+        if "rotation_logits" in out:
+            inputs["rotated_video"], targets["rotation_target"] = views.rotation_views(
+                moved("video"), self.cfg.objective.pretext.rotations
+            )
+        if self.augment is not None:
+            inputs["image_view1"], inputs["image_view2"] = views.two_views(moved("image"), self.augment)
+        if "anatomy_label" in self.needs.targets:
+            targets["anatomy_label"] = views.anatomy_labels(
+                batch["image_label"].to(device), self.cfg.objective.anatomy
+            )
+        return inputs, targets
+
+
+def train_step(
+    engine, batch: dict, cfg: RootConfig, make_views: BatchViews, progress: float
+) -> dict[str, torch.Tensor]:
+    """Run one micro-step; returns the detached parts and `loss` (this rank's values).
+
+    Args:
+        engine: the DeepSpeed engine around the PretrainModel.
+        batch: a loader batch.
+        cfg: the run's config.
+        make_views: the recipe's BatchViews.
+        progress: optimizer step / train.steps, for the recipe's schedules.
+    """
     dtype = next(engine.module.parameters()).dtype
-    video = batch["video"].to(engine.device, dtype=dtype, non_blocking=True)
-    audio = batch["audio"].to(engine.device, dtype=dtype, non_blocking=True)
-    emb = engine(video, audio)
+    inputs, targets = make_views(batch, engine.device, dtype)
+    outputs = engine(inputs)
     # Losses in fp32 whatever the engine's precision: bf16 logits lose the softmax's tail.
-    parts = RECIPES[objective.recipe]({k: v.float() for k, v in emb.items()}, objective)
+    values = {**{k: v.float() for k, v in outputs.items()}, **targets}
+    parts = objective_parts(values, cfg.objective, progress)
     loss = total_loss(parts)
     engine.backward(loss)
     engine.step()

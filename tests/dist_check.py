@@ -1,0 +1,85 @@
+"""Two gloo ranks against one process on the concatenated batch: the check every loss passes.
+
+Each rank holds B rows of every input; the first input goes through a shared linear layer so
+parameter gradients are compared too (averaged over ranks, as DeepSpeed and DDP do).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.conftest import free_port
+
+LossFn = Callable[..., torch.Tensor | tuple]
+"""loss_fn(first_projected_BD, *other_inputs_B..., labels_B or None) -> loss or (loss, extras)."""
+
+
+def _scalar(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _worker(rank, world, port, loss_fn, inputs, labels, weight, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        b = inputs[0].shape[0] // world
+        rows = slice(rank * b, (rank + 1) * b)
+        local = [x[rows].clone().requires_grad_(x.is_floating_point()) for x in inputs]
+        proj = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        proj.weight.data.copy_(weight)
+        loss = _scalar(loss_fn(proj(local[0]), *local[1:], None if labels is None else labels[rows]))
+        loss.backward()
+        dist.all_reduce(proj.weight.grad)
+        proj.weight.grad /= world
+        losses = [torch.zeros(()) for _ in range(world)]
+        dist.all_gather(losses, loss.detach())
+        out[rank] = {
+            "loss": torch.stack(losses).mean(),
+            "grads": [x.grad.clone() if x.grad is not None else None for x in local],
+            "gw": proj.weight.grad.clone(),
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def assert_two_ranks_match_one(
+    loss_fn: LossFn,
+    inputs: list[torch.Tensor],
+    labels: torch.Tensor | None = None,
+    world: int = 2,
+    atol: float = 1e-5,
+) -> None:
+    """Loss, input gradients and parameter gradients of `world` ranks equal one process's (atol)."""
+    d = inputs[0].shape[1]
+    weight = torch.randn(d, d, generator=torch.Generator().manual_seed(99)) / d**0.5
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(
+            _worker,
+            args=(world, free_port(), loss_fn, inputs, labels, weight, out),
+            nprocs=world,
+            start_method="spawn",
+        )
+        out = dict(out)
+
+    full = [x.clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    proj = torch.nn.Linear(d, d, bias=False)
+    proj.weight.data.copy_(weight)
+    loss = _scalar(loss_fn(proj(full[0]), *full[1:], labels))
+    loss.backward()
+
+    assert abs(out[0]["loss"].item() - loss.item()) <= atol, (out[0]["loss"].item(), loss.item())
+    b = inputs[0].shape[0] // world
+    for r in range(world):
+        rows = slice(r * b, (r + 1) * b)
+        for k, x in enumerate(full):
+            if x.grad is None:
+                continue
+            # A rank's input gradient is W x the global one before the ranks' averaging.
+            assert torch.allclose(out[r]["grads"][k] / world, x.grad[rows], atol=atol), (r, k)
+        assert torch.allclose(out[r]["gw"], proj.weight.grad, atol=atol), r

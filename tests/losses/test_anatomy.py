@@ -1,0 +1,110 @@
+"""Seed 003's anatomy-aware loss: soft-target reference, limits, closed form, SGD, gathered ranks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.dist_check import assert_two_ranks_match_one
+from usvs_dist.config import AnatomyConfig
+from usvs_dist.data import schema
+from usvs_dist.data.views import anatomy_labels
+from usvs_dist.losses import anatomy_info_nce, info_nce
+
+TAU = 0.2
+
+
+def naive_anatomy(z1, z2, labels, tau, ratio) -> float:
+    """(1 - r) instance InfoNCE + r SupCon over the other same-label samples, as loops, symmetrised."""
+    n = z1.shape[0]
+
+    def one_way(x, y):
+        total = 0.0
+        for k in range(n):
+            s = torch.stack([F.cosine_similarity(x[k], y[j], dim=0) / tau for j in range(n)])
+            log_p = s - torch.logsumexp(s, 0)
+            others = [j for j in range(n) if j != k and labels[j] == labels[k] and labels[k] >= 0]
+            if others:
+                sup = -sum(log_p[j] for j in others) / len(others)
+                total += ((1 - ratio) * -log_p[k] + ratio * sup).item()
+            else:
+                total += -log_p[k].item()
+        return total / n
+
+    return 0.5 * (one_way(z1, z2) + one_way(z2, z1))
+
+
+def test_matches_naive_reference():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, -1, 3])
+    loss, extras = anatomy_info_nce(z1, z2, labels, TAU, 0.3)
+    assert loss.item() == pytest.approx(naive_anatomy(z1, z2, labels, TAU, 0.3), abs=1e-5)
+    assert extras["anatomy_positive_share"].item() == pytest.approx(5 / 8)
+
+
+def test_ratio_zero_or_no_shared_labels_is_instance_info_nce():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    plain = info_nce(z1, z2, TAU).item()
+    assert anatomy_info_nce(z1, z2, torch.tensor([0, 0, 1, 1, 2, 2]), TAU, 0.0)[0].item() == pytest.approx(
+        plain
+    )
+    assert anatomy_info_nce(z1, z2, torch.arange(6), TAU, 0.9)[0].item() == pytest.approx(plain)
+    assert anatomy_info_nce(z1, z2, torch.full((6,), -1), TAU, 0.9)[0].item() == pytest.approx(plain)
+
+
+def test_closed_form_on_aligned_orthogonal_pairs():
+    # s = 1/tau on the own view, 0 elsewhere; anchors 0 and 1 share a label, 2 and 3 do not.
+    n, tau, r = 4, 0.5, 0.25
+    z = torch.eye(n)
+    log_own = 1 / tau - math.log(math.exp(1 / tau) + n - 1)
+    log_other = -math.log(math.exp(1 / tau) + n - 1)
+    paired = -((1 - r) * log_own + r * log_other)
+    expected = (2 * paired + 2 * -log_own) / n
+    loss, _ = anatomy_info_nce(z, z.clone(), torch.tensor([5, 5, 6, 7]), tau, r)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_few_sgd_steps_lower_the_loss():
+    g = torch.Generator().manual_seed(2)
+    x_in = torch.randn(16, 12, generator=g)
+    noise = 0.3 * torch.randn(16, 12, generator=g)
+    labels = torch.arange(16) % 4
+    f = torch.nn.Linear(12, 8)
+    opt = torch.optim.SGD(f.parameters(), lr=0.5)
+    losses = []
+    for _ in range(20):
+        loss, _ = anatomy_info_nce(f(x_in), f(x_in + noise), labels, TAU, 0.5)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def _anatomy(z1, z2, labels):
+    return anatomy_info_nce(z1, z2, labels, TAU, 0.4)
+
+
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch():
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    # Positives across ranks: labels repeat between the halves.
+    labels = torch.tensor([0, 1, 2, -1, 3, 0, 1, 4, 2, 3])
+    assert_two_ranks_match_one(_anatomy, [z1, z2], labels)
+
+
+def test_anatomy_labels_fine_coarse_and_background():
+    planes = torch.tensor([schema.PLANES.index(p) for p in ("4ch", "rvot", "brain_tc", "background")] + [-1])
+    fine = anatomy_labels(planes, AnatomyConfig(granularity="fine"))
+    assert fine.tolist() == [planes[0].item(), planes[1].item(), planes[2].item(), -1, -1]
+    coarse = anatomy_labels(planes, AnatomyConfig(granularity="coarse"))
+    heart, brain = schema.ANATOMIES.index("heart"), schema.ANATOMIES.index("brain")
+    assert coarse.tolist() == [heart, heart, brain, -1, -1]
+    with_background = anatomy_labels(planes, AnatomyConfig(granularity="coarse", background_positive=True))
+    assert with_background.tolist()[3] == schema.ANATOMIES.index("background")
+    assert len(schema.PLANE_ANATOMY) == len(schema.PLANES)

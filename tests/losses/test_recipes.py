@@ -1,0 +1,111 @@
+"""Recipes: the parts each paper's objective is made of, their arithmetic, and config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from usvs_dist.config import load_config
+from usvs_dist.losses import TERMS, check_objective, info_nce, objective_parts, total_loss
+from usvs_dist.losses.triplet import hardest_triplet
+
+
+def _values(n: int = 6, d: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    out = {k: torch.randn(n, d, generator=g) for k in ("video", "audio", "image", "va", "vi")}
+    out |= {"image_view1": torch.randn(n, d, generator=g), "image_view2": torch.randn(n, d, generator=g)}
+    out |= {"order_logits": torch.randn(n, 6, generator=g), "rotation_logits": torch.randn(n, 4, generator=g)}
+    out |= {
+        "order_target": torch.randint(0, 6, (n,), generator=g),
+        "rotation_target": torch.randint(0, 4, (n,), generator=g),
+        "anatomy_label": torch.tensor([0, 0, 1, 1, -1, 2]),
+    }
+    return out
+
+
+@pytest.mark.parametrize(
+    ("recipe", "loss_parts", "logged"),
+    [
+        ("usvs2020", {"selfpaced_va_loss"}, {"selfpaced_admitted", "selfpaced_lambda"}),
+        (
+            "dual2024",
+            {"mmcl_a_loss", "mmcl_i_loss", "mmsl_va_loss", "mmsl_vi_loss"},
+            {"va_nce", "v_va_nce", "vi_nce", "v_vi_nce"},
+        ),
+        ("isbi2020", {"order_loss", "transform_loss"}, {"order_accuracy", "rotation_accuracy"}),
+        ("awcl2022", {"anatomy_loss"}, {"anatomy_positive_share"}),
+    ],
+)
+def test_each_recipe_returns_its_named_parts(recipe, loss_parts, logged):
+    cfg = load_config(None, [f"objective.recipe={recipe}"]).objective
+    parts = objective_parts(_values(), cfg, 0.5)
+    assert set(parts) == loss_parts | logged
+    assert total_loss(parts).item() == pytest.approx(sum(parts[k].item() for k in loss_parts))
+
+
+def test_dual2024_is_eq_13_with_pi_and_part_weights():
+    cfg = load_config(
+        None, ["objective.recipe=dual2024", "objective.pi=0.3", "objective.weights={mmsl_vi: 0.5}"]
+    ).objective
+    v = _values()
+    parts = objective_parts(v, cfg, 0.0)
+    tau = cfg.temperature
+    l_a = 0.3 * info_nce(v["video"], v["audio"], tau) + 0.7 * info_nce(v["video"], v["va"], tau)
+    l_i = 0.3 * info_nce(v["video"], v["image"], tau) + 0.7 * info_nce(v["video"], v["vi"], tau)
+    assert parts["mmcl_a_loss"].item() == pytest.approx(l_a.item(), abs=1e-6)
+    assert parts["mmcl_i_loss"].item() == pytest.approx(l_i.item(), abs=1e-6)
+    assert parts["mmsl_va_loss"].item() == pytest.approx(hardest_triplet(v["video"], v["audio"], 0.2).item())
+    assert parts["mmsl_vi_loss"].item() == pytest.approx(
+        0.5 * hardest_triplet(v["video"], v["image"], 0.2).item()
+    )
+
+
+def test_custom_recipe_weighs_listed_terms():
+    cfg = load_config(
+        None,
+        [
+            "objective.recipe=custom",
+            "objective.terms=[{term: va_nce, weight: 2.0}, {term: vi_triplet, weight: 0.5}]",
+        ],
+    ).objective
+    v = _values()
+    parts = objective_parts(v, cfg, 0.0)
+    assert set(parts) == {"va_nce_loss", "vi_triplet_loss"}
+    assert parts["va_nce_loss"].item() == pytest.approx(2 * info_nce(v["video"], v["audio"], 0.1).item())
+    assert check_objective(cfg).outputs == {"video", "audio", "image"}
+
+
+def test_requirements_follow_the_terms():
+    needs = {
+        r: check_objective(load_config(None, [f"objective.recipe={r}"]).objective)
+        for r in ("usvs2020", "dual2024", "isbi2020", "awcl2022")
+    }
+    assert needs["usvs2020"].outputs == {"video", "audio"} and not needs["usvs2020"].needs_labels
+    assert needs["dual2024"].outputs == {"video", "audio", "image", "va", "vi"}
+    assert needs["isbi2020"].targets == {"order_target", "rotation_target"}
+    assert needs["awcl2022"].needs_labels
+    assert all(t.paper for t in TERMS.values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objective.recipe=simclr"], "objective.recipe='simclr' is invalid: expected one of usvs2020"),
+        (["objective.recipe=custom", "objective.terms=[{term: nope}]"], r"objective.terms\[0\].term='nope'"),
+        (
+            ["objective.recipe=custom", "objective.terms=[{term: va_nce}, {term: va_nce}]"],
+            r"objective.terms\[1\].term='va_nce' is listed twice",
+        ),
+        (["objective.weights={mmcl_a: 2}"], "objective.weights.mmcl_a is not a part of recipe 'usvs2020'"),
+    ],
+)
+def test_bad_objectives_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        check_objective(load_config(None, overrides).objective)
+
+
+def test_custom_needs_terms_and_terms_need_custom():
+    with pytest.raises(ValueError, match="objective.terms"):
+        load_config(None, ["objective.recipe=custom"])
+    with pytest.raises(ValueError, match="objective.terms"):
+        load_config(None, ["objective.terms=[{term: va_nce}]"])

@@ -1,0 +1,84 @@
+"""Views a recipe trains on, made from a batch on the training device: sub-clip orders and
+rotations (seed 001), two augmented views of a frame and anatomy labels (seed 003).
+
+Random draws use torch's global generator, which each rank seeds differently and saves in
+its checkpoint. Shapes: B batch, C channels, T frames, H x W pixels, K sub-clips, P orders.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torchvision.transforms import v2
+
+from usvs_dist.config.schema import AnatomyConfig, AugmentConfig
+from usvs_dist.data import schema
+
+
+def order_permutations(subclips: int, permutations: int = 0) -> torch.Tensor:
+    """[P, K]: the orders to classify; all K! (P = 0) or the first P in lexicographic order."""
+    perms = list(itertools.permutations(range(subclips)))
+    return torch.tensor(perms[: permutations or len(perms)])
+
+
+def order_views(video_BCTHW: torch.Tensor, perms_PK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each clip into K sub-clips of T // K frames, reorder them by a random order per clip.
+
+    Returns (clips [B, K, C, T // K, H, W] in the drawn order, order index [B] into perms_PK).
+    The T % K trailing frames are not used.
+    """
+    B, C, T, H, W = video_BCTHW.shape
+    K = perms_PK.shape[1]
+    if T < K:
+        raise ValueError(f"order prediction cuts clips into {K} sub-clips but a clip has only {T} frames")
+    length = T // K
+    subclips_BKCtHW = video_BCTHW[:, :, : K * length].reshape(B, C, K, length, H, W).transpose(1, 2)
+    target_B = torch.randint(len(perms_PK), (B,), device=video_BCTHW.device)
+    order_BK = perms_PK.to(video_BCTHW.device)[target_B]
+    return subclips_BKCtHW[torch.arange(B, device=video_BCTHW.device)[:, None], order_BK], target_B
+
+
+def rotation_views(video_BCTHW: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each clip by a random multiple of 360/rotations degrees; returns (clips, class [B])."""
+    if video_BCTHW.shape[-1] != video_BCTHW.shape[-2]:
+        raise ValueError(f"rotation prediction needs square frames, got {tuple(video_BCTHW.shape[-2:])}")
+    target_B = torch.randint(rotations, (video_BCTHW.shape[0],), device=video_BCTHW.device)
+    quarter_turns = 4 // rotations
+    rotated = video_BCTHW.clone()
+    for k in range(1, rotations):
+        rows = target_B == k
+        if rows.any():
+            rotated[rows] = torch.rot90(video_BCTHW[rows], k * quarter_turns, dims=(-2, -1))
+    return rotated, target_B
+
+
+def view_augmentation(cfg: AugmentConfig, size: int) -> v2.Compose:
+    """Random resized crop, intensity (brightness) and contrast jitter, optional flip, per frame."""
+    steps: list = [v2.RandomResizedCrop(size, scale=(cfg.crop_min_scale, 1.0), antialias=True)]
+    if cfg.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.brightness or cfg.contrast:
+        steps.append(v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast))
+    return v2.Compose(steps)
+
+
+def two_views(image_BCHW: torch.Tensor, augment: v2.Compose) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent augmentations of every frame: ([B, C, H, W], [B, C, H, W])."""
+    view1 = torch.stack([augment(x) for x in image_BCHW])
+    view2 = torch.stack([augment(x) for x in image_BCHW])
+    return view1, view2
+
+
+def anatomy_labels(plane_B: torch.Tensor, cfg: AnatomyConfig) -> torch.Tensor:
+    """Plane labels -> the labels anatomy positives are matched on; -1 where none applies."""
+    if cfg.granularity == "coarse":
+        table = torch.tensor(schema.PLANE_ANATOMY, device=plane_B.device)
+        out = torch.where(plane_B >= 0, table[plane_B.clamp(min=0)], -1)
+        background = schema.PLANE_ANATOMY[schema.BACKGROUND]
+    else:
+        out = plane_B.clone()
+        background = schema.BACKGROUND
+    if not cfg.background_positive:
+        out = torch.where(out == background, -1, out)
+    return out

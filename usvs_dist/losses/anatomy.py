@@ -1,0 +1,61 @@
+"""Seed 003's anatomy-aware contrastive loss (AWCL, Fu et al., 2022), over gathered negatives.
+
+Two augmented views of each frame. Anchor k (view 1) scores every gathered view-2 sample j by
+cosine / tau. Its target distribution puts 1 - r on its own other view and r, spread evenly, on
+the other samples with the same anatomy label (r = anatomy ratio), or everything on its own view
+when it has none (or no label): L = -mean_k sum_j t_kj log softmax_j(s_kj / tau). This is
+(1 - r) instance InfoNCE + r supervised-contrastive loss (Khosla et al., 2020) over the other
+same-anatomy positives; symmetrised over the two views. Shapes: B local, N = W*B gathered.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from usvs_dist.dist import collectives
+
+
+def anatomy_targets(labels_B: torch.Tensor, labels_N: torch.Tensor, ratio: float) -> torch.Tensor:
+    """t_BN: soft targets over the gathered samples; labels < 0 have no anatomy (instance only)."""
+    rows_B = collectives.global_rows(labels_B.shape[0], labels_B.device)
+    own_BN = F.one_hot(rows_B, labels_N.shape[0]).bool()
+    same_BN = (labels_B[:, None] == labels_N[None, :]) & (labels_B[:, None] >= 0) & ~own_BN
+    count_B1 = same_BN.sum(dim=1, keepdim=True)
+    has_B1 = count_B1 > 0
+    anatomy_BN = same_BN.float() * (ratio / count_B1.clamp(min=1))
+    own_weight_B1 = torch.where(has_B1, 1.0 - ratio, 1.0)
+    return own_BN.float() * own_weight_B1 + anatomy_BN
+
+
+def anatomy_info_nce(
+    view1_BD: torch.Tensor,
+    view2_BD: torch.Tensor,
+    labels_B: torch.Tensor,
+    temperature: float,
+    ratio: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """AWCL loss of two views with anatomy labels (-1: none); returns (loss, {anatomy_positive_share})."""
+    if view1_BD.shape != view2_BD.shape or view1_BD.shape[0] != labels_B.shape[0]:
+        raise ValueError(
+            f"views {tuple(view1_BD.shape)}, {tuple(view2_BD.shape)} and labels {tuple(labels_B.shape)} "
+            "must agree in B"
+        )
+    labels_N = collectives.gather_nograd(labels_B)
+    targets_BN = anatomy_targets(labels_B, labels_N, ratio)
+    z1_BD = F.normalize(view1_BD, dim=-1)
+    z2_BD = F.normalize(view2_BD, dim=-1)
+
+    def one_way(x_BD: torch.Tensor, y_ND: torch.Tensor) -> torch.Tensor:
+        log_p_BN = F.log_softmax(x_BD @ y_ND.T / temperature, dim=1)
+        return -(targets_BN * log_p_BN).sum(dim=1).mean()
+
+    loss = 0.5 * (
+        one_way(z1_BD, collectives.gather_with_grad(z2_BD))
+        + one_way(z2_BD, collectives.gather_with_grad(z1_BD))
+    )
+    # Share of anchors that found an anatomy positive in the global batch: if it is near 0 the
+    # recipe is plain instance contrast (batch too small for the label vocabulary).
+    matches_B = ((labels_B[:, None] == labels_N[None, :]) & (labels_B[:, None] >= 0)).sum(dim=1)
+    with_positive = (matches_B > 1).float().mean()  # its own column always matches once
+    return loss, {"anatomy_positive_share": with_positive}

@@ -1,0 +1,202 @@
+"""Loss terms by name and the recipes of ../shared/METHODS.md that weigh them into parts.
+
+A term reads model outputs (and targets the step derives from the batch) and returns its value
+and extra metrics. A recipe is a list of named parts, each a weighted sum of terms; part `g` is
+returned as `g_loss` (times objective.weights[g], default 1) and summed into the training loss;
+the terms of a multi-term part and every extra metric are returned under their own names and
+only logged (open_clip's `*_loss` convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from usvs_dist.config.schema import ObjectiveConfig
+from usvs_dist.losses.anatomy import anatomy_info_nce
+from usvs_dist.losses.infonce import info_nce
+from usvs_dist.losses.pretext import pretext_classification
+from usvs_dist.losses.selfpaced import self_paced_info_nce
+from usvs_dist.losses.triplet import hardest_triplet
+
+Tensors = dict[str, torch.Tensor]
+TermFn = Callable[[Tensors, ObjectiveConfig, float], tuple[torch.Tensor, Tensors]]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One loss term: what it reads and how it is computed."""
+
+    fn: TermFn
+    """(model outputs + targets, objective config, training progress in [0, 1]) -> (value, extras)."""
+    outputs: frozenset[str]
+    """Model outputs it reads (usvs_dist.models.MODEL_OUTPUTS)."""
+    targets: frozenset[str] = frozenset()
+    """Targets the training step derives from the batch: order_target, rotation_target, anatomy_label."""
+    paper: str = ""
+    """Where it comes from in METHODS.md."""
+
+
+def _nce(x: str, y: str) -> TermFn:
+    def fn(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
+        return info_nce(o[x], o[y], c.temperature, symmetric=c.symmetric), {}
+
+    return fn
+
+
+def _triplet(x: str, y: str) -> TermFn:
+    def fn(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
+        return hardest_triplet(o[x], o[y], c.margin), {}
+
+    return fn
+
+
+def _self_paced(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
+    return self_paced_info_nce(o["video"], o["audio"], c.temperature, progress, c.self_paced, c.symmetric)
+
+
+def _classify(task: str) -> TermFn:
+    def fn(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
+        loss, accuracy = pretext_classification(o[f"{task}_logits"], o[f"{task}_target"])
+        return loss, {f"{task}_accuracy": accuracy}
+
+    return fn
+
+
+def _anatomy(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
+    return anatomy_info_nce(
+        o["image_view1"], o["image_view2"], o["anatomy_label"], c.temperature, c.anatomy.ratio
+    )
+
+
+def _f(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+TERMS: dict[str, Term] = {
+    "va_nce": Term(_nce("video", "audio"), _f("video", "audio"), paper="L_c(v, a), seeds 000/002"),
+    "vi_nce": Term(_nce("video", "image"), _f("video", "image"), paper="L_c(v, i), seed 002"),
+    "v_va_nce": Term(_nce("video", "va"), _f("video", "va"), paper="L_c(v, va), seed 002"),
+    "v_vi_nce": Term(_nce("video", "vi"), _f("video", "vi"), paper="L_c(v, vi), seed 002"),
+    "va_triplet": Term(_triplet("video", "audio"), _f("video", "audio"), paper="L_t(v, a), seed 002"),
+    "vi_triplet": Term(_triplet("video", "image"), _f("video", "image"), paper="L_t(v, i), seed 002"),
+    "va_selfpaced_nce": Term(_self_paced, _f("video", "audio"), paper="seed 000"),
+    "order_ce": Term(_classify("order"), _f("order_logits"), _f("order_target"), paper="seed 001"),
+    "rotation_ce": Term(
+        _classify("rotation"), _f("rotation_logits"), _f("rotation_target"), paper="seed 001"
+    ),
+    "anatomy_nce": Term(_anatomy, _f("image_view1", "image_view2"), _f("anatomy_label"), paper="seed 003"),
+}
+
+Part = tuple[str, tuple[tuple[str, float], ...]]
+"""(part name, ((term, coefficient), ...))."""
+
+
+def _usvs2020(c: ObjectiveConfig) -> list[Part]:
+    return [("selfpaced_va", (("va_selfpaced_nce", 1.0),))]
+
+
+def _dual2024(c: ObjectiveConfig) -> list[Part]:
+    # eqs. 7, 8 and 13: L = L_a + L_i + L_t(v, a) + L_t(v, i)
+    return [
+        ("mmcl_a", (("va_nce", c.pi), ("v_va_nce", 1.0 - c.pi))),
+        ("mmcl_i", (("vi_nce", c.pi), ("v_vi_nce", 1.0 - c.pi))),
+        ("mmsl_va", (("va_triplet", 1.0),)),
+        ("mmsl_vi", (("vi_triplet", 1.0),)),
+    ]
+
+
+def _isbi2020(c: ObjectiveConfig) -> list[Part]:
+    return [("order", (("order_ce", 1.0),)), ("transform", (("rotation_ce", c.pretext.transform_weight),))]
+
+
+def _awcl2022(c: ObjectiveConfig) -> list[Part]:
+    return [("anatomy", (("anatomy_nce", 1.0),))]
+
+
+def _custom(c: ObjectiveConfig) -> list[Part]:
+    return [(t.term, ((t.term, t.weight),)) for t in c.terms]
+
+
+RECIPES: dict[str, Callable[[ObjectiveConfig], list[Part]]] = {
+    "usvs2020": _usvs2020,
+    "dual2024": _dual2024,
+    "isbi2020": _isbi2020,
+    "awcl2022": _awcl2022,
+    "custom": _custom,
+}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a recipe reads: model outputs, batch-derived targets, and whether shards need labels."""
+
+    outputs: frozenset[str]
+    targets: frozenset[str]
+
+    @property
+    def needs_labels(self) -> bool:
+        """True when a term reads plane labels."""
+        return "anatomy_label" in self.targets
+
+
+def check_objective(cfg: ObjectiveConfig) -> Requirements:
+    """Validate recipe, terms and weights against the registries; return what the recipe reads."""
+    if cfg.recipe not in RECIPES:
+        raise ValueError(
+            f"config key objective.recipe={cfg.recipe!r} is invalid: expected one of {', '.join(RECIPES)}"
+        )
+    seen: set[str] = set()
+    for k, t in enumerate(cfg.terms):
+        if t.term not in TERMS:
+            raise ValueError(
+                f"config key objective.terms[{k}].term={t.term!r} is invalid: "
+                f"expected one of {', '.join(TERMS)}"
+            )
+        if t.term in seen:
+            raise ValueError(f"config key objective.terms[{k}].term={t.term!r} is listed twice")
+        seen.add(t.term)
+    parts = RECIPES[cfg.recipe](cfg)
+    names = [name for name, _ in parts]
+    for name in cfg.weights:
+        if name not in names:
+            raise ValueError(
+                f"config key objective.weights.{name} is not a part of recipe {cfg.recipe!r}: "
+                f"expected some of {', '.join(names)}"
+            )
+    terms = [TERMS[term] for _, terms in parts for term, _ in terms]
+    return Requirements(
+        outputs=frozenset().union(*(t.outputs for t in terms)),
+        targets=frozenset().union(*(t.targets for t in terms)),
+    )
+
+
+def objective_parts(values: Tensors, cfg: ObjectiveConfig, progress: float) -> Tensors:
+    """The recipe's parts: `{part}_loss` (weighted, summed into the loss) and logged-only extras.
+
+    Args:
+        values: model outputs and targets by name.
+        cfg: the objective section.
+        progress: step / train.steps, for schedules (seed 000's self-paced lambda).
+    """
+    parts: Tensors = {}
+    for name, terms in RECIPES[cfg.recipe](cfg):
+        total = None
+        for term, coefficient in terms:
+            value, extras = TERMS[term].fn(values, cfg, progress)
+            parts.update(extras)
+            if len(terms) > 1:
+                parts[term] = value.detach()
+            total = coefficient * value if total is None else total + coefficient * value
+        parts[f"{name}_loss"] = cfg.weights.get(name, 1.0) * total
+    return parts
+
+
+def total_loss(parts: Tensors) -> torch.Tensor:
+    """Sum of the parts named `*_loss`."""
+    terms = [v for k, v in parts.items() if k.endswith("_loss")]
+    if not terms:
+        raise ValueError(f"objective returned no *_loss part (got {sorted(parts)})")
+    return torch.stack(terms).sum()

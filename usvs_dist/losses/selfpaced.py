@@ -1,0 +1,84 @@
+"""Seed 000's affinity-aware self-paced negatives (Jiao et al., MICCAI 2020; METHODS.md).
+
+Affinity A_kj: cosine similarity of samples k and j's detached embeddings (by default the mean
+of the video-video and audio-audio cosines). At training progress p, anchor k admits only the
+negatives whose affinity lies at or below the lambda(p)-quantile of its own negatives' affinities
+(easy ones first), and never one above kappa (a likely positive: another clip of the same
+anatomy). lambda grows from lambda0 to 1 over the ramp. Shapes: B local rows, N = W*B gathered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from usvs_dist.config.schema import SelfPacedConfig
+from usvs_dist.dist import collectives
+from usvs_dist.losses.infonce import info_nce
+
+
+def admitted_share(progress: float, cfg: SelfPacedConfig) -> float:
+    """lambda(p): the quantile of each anchor's negatives admitted at training progress p in [0, 1]."""
+    ramp = min(1.0, max(0.0, progress) / cfg.ramp_fraction)
+    if cfg.schedule == "linear":
+        rise = ramp
+    elif cfg.schedule == "cosine":
+        rise = 0.5 * (1.0 - math.cos(math.pi * ramp))
+    elif cfg.schedule == "step":
+        rise = math.floor(ramp * cfg.stages) / cfg.stages
+    else:
+        raise ValueError(f"objective.self_paced.schedule={cfg.schedule!r} is not linear, cosine or step")
+    return cfg.lambda0 + (1.0 - cfg.lambda0) * rise
+
+
+def affinity(video_BD: torch.Tensor, audio_BD: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """A_BN: detached cosine affinities of this rank's rows to every gathered sample."""
+
+    def cosines(x_BD: torch.Tensor) -> torch.Tensor:
+        x_BD = F.normalize(x_BD.detach(), dim=-1)
+        return x_BD @ collectives.gather_nograd(x_BD).T
+
+    if mode == "video":
+        return cosines(video_BD)
+    if mode == "audio":
+        return cosines(audio_BD)
+    if mode == "mean":
+        return 0.5 * (cosines(video_BD) + cosines(audio_BD))
+    raise ValueError(f"objective.self_paced.affinity={mode!r} is not mean, video or audio")
+
+
+def admit_negatives(affinity_BN: torch.Tensor, share: float, kappa: float) -> torch.Tensor:
+    """Bool mask of admitted negatives: affinity <= the anchor's `share`-quantile and <= kappa.
+
+    The positive's own column is False (it is not a negative).
+    """
+    rows_B = collectives.global_rows(affinity_BN.shape[0], affinity_BN.device)
+    negatives_BN = affinity_BN.float().clone()
+    negatives_BN[torch.arange(len(rows_B)), rows_B] = float("nan")
+    threshold_B1 = torch.nanquantile(negatives_BN, share, dim=1, keepdim=True)
+    # NaN compares False, so the positive's column stays out.
+    return (negatives_BN <= threshold_B1) & (negatives_BN <= kappa)
+
+
+def self_paced_info_nce(
+    video_BD: torch.Tensor,
+    audio_BD: torch.Tensor,
+    temperature: float,
+    progress: float,
+    cfg: SelfPacedConfig,
+    symmetric: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Video<->audio InfoNCE over the admitted negatives; returns (loss, {admitted fraction, lambda})."""
+    n_global = video_BD.shape[0] * collectives.world_size()
+    if n_global < 2:
+        raise ValueError("the self-paced loss needs at least 2 samples in the global batch")
+    share = admitted_share(progress, cfg)
+    admit_BN = admit_negatives(affinity(video_BD, audio_BD, cfg.affinity), share, cfg.kappa)
+    loss = info_nce(video_BD, audio_BD, temperature, symmetric=symmetric, admit_BN=admit_BN)
+    fraction = admit_BN.float().sum() / (admit_BN.shape[0] * (n_global - 1))
+    return loss, {
+        "selfpaced_admitted": fraction.detach(),
+        "selfpaced_lambda": torch.tensor(share, device=video_BD.device),
+    }
