@@ -1,4 +1,5 @@
-"""`python -m usvs_dist.bench step [--steps N] [--warmup N] [section.key=value ...]`."""
+"""`python -m usvs_dist.bench step [--steps N] [--warmup N] [section.key=value ...]` and
+`python -m usvs_dist.bench loss [--world W] [--batch B] [--dim D] [--device cpu|cuda]`."""
 
 from __future__ import annotations
 
@@ -16,10 +17,21 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--steps", type=int, default=30)
     step.add_argument("--warmup", type=int, default=5)
     step.add_argument("overrides", nargs="*", metavar="section.key=value")
+    loss = sub.add_parser("loss", help="gathered (B_local x N) vs naive global (N x N) losses: memory, time")
+    loss.add_argument("--world", type=int, default=2, help="ranks W")
+    loss.add_argument("--batch", type=int, default=128, help="B_local per rank")
+    loss.add_argument("--dim", type=int, default=512, help="embedding size D")
+    loss.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    loss.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
-    from usvs_dist.bench import step as step_bench
+    if args.bench == "step":
+        from usvs_dist.bench import step as step_bench
 
-    step_bench.run(args.overrides, args.steps, args.warmup)
+        step_bench.run(args.overrides, args.steps, args.warmup)
+    else:
+        from usvs_dist.bench import loss as loss_bench
+
+        loss_bench.run(args.world, args.batch, args.dim, args.device, args.repeats)
     return 0
 
 

@@ -39,6 +39,12 @@ def gather_with_grad(x_BD: torch.Tensor) -> torch.Tensor:
     return torch.cat(torch.distributed.nn.functional.all_gather(x_BD), dim=0)
 
 
+def gather_pair_with_grad(x_BD: torch.Tensor, y_BE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors gathered in one collective (half the latency of two): ([W*B, D], [W*B, E])."""
+    xy_ND = gather_with_grad(torch.cat([x_BD, y_BE], dim=1))
+    return xy_ND[:, : x_BD.shape[1]], xy_ND[:, x_BD.shape[1] :]
+
+
 def gather_nograd(x_B: torch.Tensor) -> torch.Tensor:
     """All ranks' rows concatenated in rank order, without gradient (labels, detached affinities)."""
     if not is_distributed():

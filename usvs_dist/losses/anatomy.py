@@ -50,10 +50,8 @@ def anatomy_info_nce(
         log_p_BN = F.log_softmax(x_BD @ y_ND.T / temperature, dim=1)
         return -(targets_BN * log_p_BN).sum(dim=1).mean()
 
-    loss = 0.5 * (
-        one_way(z1_BD, collectives.gather_with_grad(z2_BD))
-        + one_way(z2_BD, collectives.gather_with_grad(z1_BD))
-    )
+    z1_ND, z2_ND = collectives.gather_pair_with_grad(z1_BD, z2_BD)
+    loss = 0.5 * (one_way(z1_BD, z2_ND) + one_way(z2_BD, z1_ND))
     # Share of anchors that found an anatomy positive in the global batch: if it is near 0 the
     # recipe is plain instance contrast (batch too small for the label vocabulary).
     matches_B = ((labels_B[:, None] == labels_N[None, :]) & (labels_B[:, None] >= 0)).sum(dim=1)

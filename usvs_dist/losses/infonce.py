@@ -51,7 +51,7 @@ def info_nce(
         raise ValueError(f"anchor {tuple(anchor_BD.shape)} and candidate {tuple(candidate_BD.shape)} differ")
     x_BD = F.normalize(anchor_BD, dim=-1)
     y_BD = F.normalize(candidate_BD, dim=-1)
-    loss = _one_way(x_BD, collectives.gather_with_grad(y_BD), temperature, admit_BN)
     if not symmetric:
-        return loss
-    return 0.5 * (loss + _one_way(y_BD, collectives.gather_with_grad(x_BD), temperature, admit_BN))
+        return _one_way(x_BD, collectives.gather_with_grad(y_BD), temperature, admit_BN)
+    x_ND, y_ND = collectives.gather_pair_with_grad(x_BD, y_BD)
+    return 0.5 * (_one_way(x_BD, y_ND, temperature, admit_BN) + _one_way(y_BD, x_ND, temperature, admit_BN))

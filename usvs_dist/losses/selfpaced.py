@@ -36,17 +36,19 @@ def admitted_share(progress: float, cfg: SelfPacedConfig) -> float:
 def affinity(video_BD: torch.Tensor, audio_BD: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     """A_BN: detached cosine affinities of this rank's rows to every gathered sample."""
 
-    def cosines(x_BD: torch.Tensor) -> torch.Tensor:
-        x_BD = F.normalize(x_BD.detach(), dim=-1)
-        return x_BD @ collectives.gather_nograd(x_BD).T
-
+    if mode not in ("mean", "video", "audio"):
+        raise ValueError(f"objective.self_paced.affinity={mode!r} is not mean, video or audio")
+    v_BD = F.normalize(video_BD.detach(), dim=-1)
+    a_BD = F.normalize(audio_BD.detach(), dim=-1)
+    # One collective for both modalities.
+    v_ND, a_ND = collectives.gather_nograd(torch.cat([v_BD, a_BD], dim=1)).split(
+        [v_BD.shape[1], a_BD.shape[1]], dim=1
+    )
     if mode == "video":
-        return cosines(video_BD)
+        return v_BD @ v_ND.T
     if mode == "audio":
-        return cosines(audio_BD)
-    if mode == "mean":
-        return 0.5 * (cosines(video_BD) + cosines(audio_BD))
-    raise ValueError(f"objective.self_paced.affinity={mode!r} is not mean, video or audio")
+        return a_BD @ a_ND.T
+    return 0.5 * (v_BD @ v_ND.T + a_BD @ a_ND.T)
 
 
 def admit_negatives(affinity_BN: torch.Tensor, share: float, kappa: float) -> torch.Tensor:

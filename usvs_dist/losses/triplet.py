@@ -43,6 +43,7 @@ def hardest_triplet(anchor_BD: torch.Tensor, candidate_BD: torch.Tensor, margin:
     y_BD = F.normalize(candidate_BD, dim=-1)
     # Direction 1: anchor x_k against candidates y_j; direction 2: candidate y_k against anchors x_j.
     # The positive s(x_k, y_k) is the same number in both, computed from local rows.
-    x_to_y_B = _hardest_hinge(x_BD, collectives.gather_with_grad(y_BD), margin)
-    y_to_x_B = _hardest_hinge(y_BD, collectives.gather_with_grad(x_BD), margin)
+    x_ND, y_ND = collectives.gather_pair_with_grad(x_BD, y_BD)
+    x_to_y_B = _hardest_hinge(x_BD, y_ND, margin)
+    y_to_x_B = _hardest_hinge(y_BD, x_ND, margin)
     return (x_to_y_B + y_to_x_B).mean()
