@@ -16,7 +16,7 @@ import pytest
 from sharding.build import BuildOptions, build
 from usvs_dist.config import DataConfig
 from usvs_dist.data import schema
-from usvs_dist.data.pipeline import train_loader
+from usvs_dist.data.pipeline import EpochLoader
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SPEECH = DATA / "speech" / "two_speaker_call_16k.wav"
@@ -93,8 +93,7 @@ def test_real_scans_shard_and_load(tmp_path, salt_file):
     assert b"Lavf56" not in json.dumps(index).encode()
 
     cfg = DataConfig(batch_size=4, loader_workers=0, num_frames=6, frame_size=48)
-    loader, _ = train_loader(cfg, out, rank=0, world_size=1)
-    batch = next(iter(loader))
+    batch = next(iter(EpochLoader(cfg, out, rank=0, world_size=1).epoch(0)))
     assert batch["video"].shape == (4, 1, 6, 48, 48)
     assert batch["audio"].shape[:3] == (4, 1, 64)
     assert (batch["labels"] == -1).all()  # no labels in these scans

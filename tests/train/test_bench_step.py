@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from usvs_dist.bench.step import plain_step_times, synthetic_batch
 from usvs_dist.config import load_config
-from usvs_dist.data.pipeline import train_loader
+from usvs_dist.data.pipeline import EpochLoader
 
 
 def test_synthetic_batch_has_the_loaders_shapes(phantom_shards):
     cfg = load_config(None, ["data.batch_size=3", "data.loader_workers=0", "data.num_frames=5"])
-    real = next(iter(train_loader(cfg.data, phantom_shards, rank=0, world_size=1)[0]))
+    real = next(iter(EpochLoader(cfg.data, phantom_shards, rank=0, world_size=1).epoch(0)))
     fake = synthetic_batch(cfg)
     assert {k: v.shape for k, v in fake.items()} == {k: real[k].shape for k in fake}
 

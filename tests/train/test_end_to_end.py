@@ -22,6 +22,8 @@ def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp
     assert run.checkpoint.is_dir() and run.checkpoint.is_relative_to(tmp_path / "ray_results" / "e2e-test")
     assert (run.checkpoint / "deepspeed").is_dir() and (run.checkpoint / "train_state.json").is_file()
     assert sorted(p.name for p in (run.checkpoint / "rng").iterdir()) == ["rank_0.pt", "rank_1.pt"]
+    loader_state = torch.load(run.checkpoint / "rng" / "rank_1.pt", weights_only=False)["loader"]
+    assert loader_state["world_size"] == 2 and loader_state["positions"]  # where rank 1's loader stopped
     encoders = torch.load(run.checkpoint / "encoders.pt")
     assert {"video_encoder", "audio_encoder", "video_head", "audio_head"} <= set(encoders)
 
@@ -33,6 +35,7 @@ def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp
     assert steps_logged(client, run_id) == list(range(1, 7))
     assert all(m.value > 0 for m in client.get_metric_history(run_id, "loss"))
     assert len(client.get_metric_history(run_id, "clips_per_s")) == 6
+    assert {"bad_samples", "padded_samples", "decode_frames_ratio", "loader_epoch"} <= set(info.data.metrics)
     assert info.data.metrics["global_batch"] == 8 and info.data.metrics["samples_seen"] == 48
     lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr"), key=lambda m: m.step)]
     assert lrs[0] < lrs[4] and lrs[5] < lrs[4]  # warmup, then cosine decay

@@ -1,5 +1,6 @@
 """`python -m usvs_dist.bench step [--steps N] [--warmup N] [section.key=value ...]` and
-`python -m usvs_dist.bench loss [--world W] [--batch B] [--dim D] [--device cpu|cuda]`."""
+`python -m usvs_dist.bench loss [--world W] [--batch B] [--dim D] [--device cpu|cuda]` and
+`python -m usvs_dist.bench loader [SHARDS] [--clips N] [section.key=value ...]`."""
 
 from __future__ import annotations
 
@@ -23,8 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     loss.add_argument("--dim", type=int, default=512, help="embedding size D")
     loss.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     loss.add_argument("--repeats", type=int, default=20)
+    loader = sub.add_parser("loader", help="loader clips/s vs raw Decord and a naive PyAV loop")
+    loader.add_argument("shards", nargs="?", help="local shard folder; omitted: the phantom cache")
+    loader.add_argument("--clips", type=int, default=240, help="clips timed per path")
+    loader.add_argument("--repeats", type=int, default=3)
+    loader.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
-    if args.bench == "step":
+    if args.bench == "loader":
+        from usvs_dist.bench import loader as loader_bench
+
+        loader_bench.run(args.shards, args.overrides, args.clips, args.repeats)
+    elif args.bench == "step":
         from usvs_dist.bench import step as step_bench
 
         step_bench.run(args.overrides, args.steps, args.warmup)

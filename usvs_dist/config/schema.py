@@ -43,8 +43,9 @@ class PhantomConfig:
     """Share of plane segments whose narration is about the plane (the rest: chatter/silence)."""
     clip_seconds: float = 2.0
     """Clip length cut by `sharding build`."""
-    fps: float = 8.0
-    """Frame rate stored in the shards."""
+    fps: float = 5.0
+    """Frame rate stored in the shards: 10 frames per 2 s clip, so sampling data.num_frames=8 of
+    them decodes few frames it does not use."""
     size: int = 64
     """Frame side length stored in the shards (square)."""
 
@@ -66,10 +67,12 @@ class PhantomConfig:
 
 @dataclass(kw_only=True)
 class AugmentConfig:
-    """Random view augmentation of frames (the two views of seed 003's contrastive image task)."""
+    """Clip augmentation in the training loader; also makes seed 003's two views of a frame."""
 
+    enabled: bool = True
+    """Augment training clips in the loader (validation and evaluation never are)."""
     crop_min_scale: float = 0.5
-    """Random resized crop keeps between this share of the frame's area and all of it."""
+    """Random resized crop inside the ultrasound sector keeps this share of its area or more."""
     brightness: float = 0.2
     """Intensity jitter: gain drawn from [1 - b, 1 + b]."""
     contrast: float = 0.2
@@ -93,7 +96,7 @@ class DataConfig:
     """Shard stream, decoding and the tensors a batch holds."""
 
     shards: str = ""
-    """Directory holding index.json and the tar shards; empty: the phantom cache."""
+    """Folder or URL (s3://, gs://, ...: fsspec) of index.json and the shards; empty: the phantom cache."""
     split: str = "train"
     """Split to train on (train, val or test)."""
     batch_size: int = 8
@@ -118,8 +121,13 @@ class DataConfig:
     """Highest mel frequency in Hz."""
     loader_workers: int = 1
     """DataLoader worker processes per rank."""
-    shuffle_buffer: int = 64
-    """Samples held for shuffling (raw bytes, before decoding)."""
+    shard_urls: list[str] = field(default_factory=list)
+    """Shards to read instead of all of the split's under data.shards: paths, globs, brace ranges
+    ({000000..000099}), fsspec URLs (s3://...) or pipe: commands; matched to index.json by name."""
+    interleave: int = 4
+    """Shards (or shard parts) a loader worker reads at once, drawing each clip from a random one."""
+    resample: bool = False
+    """Draw shards with replacement each epoch (clips may repeat) instead of exact epochs."""
     decode_threads: int = 1
     """Decord threads per reader; more than 2 per loader worker oversubscribes cores."""
     decode_device: str = "auto"
@@ -157,7 +165,7 @@ class DataConfig:
             f"f_min < f_max <= sample_rate/2 ({self.sample_rate / 2})",
         )
         _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
-        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, ">= 1")
+        _check(self.interleave >= 1, "data.interleave", self.interleave, ">= 1")
         _check(self.decode_threads >= 0, "data.decode_threads", self.decode_threads, ">= 0")
         _check(
             self.decode_device in DECODE_DEVICES,

@@ -1,8 +1,9 @@
 """Decode one WebDataset sample (clip mp4 + json) with Decord into training tensors.
 
 Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
-Output per sample: video_CTHW float in [0, 1], image_CHW, audio_1MF log-mel, labels_T (-1 when
-the shard has none), gaze_T2 (NaN when none), meta.
+Output per sample: video_CTHW float in [0, 1], image_CHW, wave_N (the narration; `log_mel` turns
+a batch of them into audio_B1MF), labels_T (-1 when the shard has none), gaze_T2 (NaN when none),
+meta.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from dataclasses import dataclass
 import decord
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch.utils.dlpack
 import torchaudio
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
+from usvs_dist.data.augment import augment_frames, resize_frames
 
 log = logging.getLogger(__name__)
 MIN_SAMPLES_FOR_BAD_FRACTION = 50
@@ -42,6 +43,35 @@ def sample_frame_indices(n_frames: int, T: int, rng: random.Random | None) -> li
         pos = rng.uniform(a, b) if rng is not None else (a + b) / 2
         out.append(min(n_frames - 1, int(pos)))
     return out
+
+
+def frames_to_decode(video: decord.VideoReader, indices: list[int]) -> tuple[list[int], int]:
+    """(sorted distinct frames to ask Decord for, frames it decodes to get them).
+
+    Decord decodes forward from the keyframe at or before a wanted frame, and seeks back (and
+    decodes again) for an index lower than the previous one: asking in sorted order avoids that.
+    """
+    wanted = sorted(set(indices))
+    keys = video.get_key_indices()
+    decoded, position = 0, -1
+    for frame in wanted:
+        if frame > position:
+            start = max((k for k in keys if k <= frame), default=0)
+            start = max(start, position + 1) if start <= position else start
+            decoded += frame - start + 1
+            position = frame
+    return wanted, decoded
+
+
+def read_wave(data: bytes, sample_rate: int) -> np.ndarray:
+    """The clip's narration as mono float samples at `sample_rate`."""
+    audio = decord.AudioReader(io.BytesIO(data), sample_rate=sample_rate, mono=True)
+    # AudioReader decodes the whole stream into `_array` on open; `audio[:]` would re-gather it
+    # sample by sample through a Python index list (a third of the loader's time on 2 s clips).
+    samples = getattr(audio, "_array", None)
+    if samples is None:
+        samples = audio[:].asnumpy()
+    return np.ascontiguousarray(samples.reshape(-1))
 
 
 @dataclass
@@ -96,17 +126,14 @@ class ClipDecoder:
         self.epoch = epoch
         self.bad = 0
         self.seen = 0
-        self._rng: random.Random | None = None
+        self.frames_decoded = 0
+        self.frames_used = 0
         self._mel: torchaudio.transforms.MelSpectrogram | None = None
         self._ctx: DecodeContext | None = None
 
     def _setup(self) -> None:
         info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        self.worker = worker
-        # One stream per (seed, rank, worker, starting epoch): ranks, workers and resumed runs
-        # draw different frames.
-        self._rng = random.Random(f"{self.cfg.seed}-{self.rank}-{worker}-{self.epoch}")
+        self.worker = info.id if info is not None else 0
         self._mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=self.cfg.sample_rate,
             n_fft=self.cfg.n_fft,
@@ -117,6 +144,34 @@ class ClipDecoder:
         )
         self._ctx = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank)
 
+    def log_mel(self, wave_BN: torch.Tensor) -> torch.Tensor:
+        """[B, N] narration -> [B, 1, M, F] log(mel + 1e-6); one batched STFT, not one per clip."""
+        if self._mel is None:
+            self._setup()
+        return torch.log(self._mel(wave_BN.float()) + 1e-6).unsqueeze(1)
+
+    def sample_rng(self, key: str) -> random.Random | None:
+        """Frame jitter and augmentation draws of one sample: a function of (seed, epoch, key), so
+        a resumed stream draws what the uninterrupted one would; None when not training."""
+        return random.Random(f"{self.cfg.seed}-{self.epoch}-{key}") if self.train else None
+
+    def count_bad(self, reason: str, key: str, url: str) -> None:
+        """Log and count one skipped sample; stop the run above data.max_bad_fraction."""
+        self.bad += 1
+        log.warning(
+            "skipped sample %s from %s: %s (%d of %d skipped in this worker)",
+            key,
+            url,
+            reason,
+            self.bad,
+            self.seen,
+        )
+        if self.seen >= MIN_SAMPLES_FOR_BAD_FRACTION and self.bad > self.cfg.max_bad_fraction * self.seen:
+            raise RuntimeError(
+                f"{self.bad} of {self.seen} samples could not be decoded, above "
+                f"data.max_bad_fraction={self.cfg.max_bad_fraction}; last: shard {url}, key {key}: {reason}"
+            )
+
     def __call__(self, sample: dict) -> dict | None:
         if self._mel is None:
             self._setup()
@@ -125,23 +180,7 @@ class ClipDecoder:
         try:
             return self._decode(sample)
         except (BadSample, decord.DECORDError, KeyError, ValueError, RuntimeError) as exc:
-            self.bad += 1
-            reason = str(exc).splitlines()[0]
-            log.warning(
-                "skipped sample %s from %s: %s (%d of %d skipped in this worker)",
-                key,
-                url,
-                reason,
-                self.bad,
-                self.seen,
-            )
-            # A resampled stream never ends: without this, all-bad shards would loop forever.
-            if self.seen >= MIN_SAMPLES_FOR_BAD_FRACTION and self.bad > self.cfg.max_bad_fraction * self.seen:
-                raise RuntimeError(
-                    f"{self.bad} of {self.seen} samples could not be decoded, above "
-                    f"data.max_bad_fraction={self.cfg.max_bad_fraction}; last: shard {url}, "
-                    f"key {key}: {reason}"
-                ) from exc
+            self.count_bad(str(exc).splitlines()[0], key, url)
             return None
 
     def _decode(self, sample: dict) -> dict:
@@ -156,40 +195,39 @@ class ClipDecoder:
         video = decord.VideoReader(io.BytesIO(data), ctx=self._ctx.ctx, num_threads=cfg.decode_threads)
         # len(video) can over-report and hang get_batch (decord #373): trust the json's count too.
         n = min(len(video), int(meta[schema.META_FRAMES]))
-        rng = self._rng if self.train else None
+        rng = self.sample_rng(sample.get("__key__", ""))
         idx = sample_frame_indices(n, cfg.num_frames, rng)
         image_idx = rng.randrange(n) if rng is not None else n // 2
-        frames = video.get_batch(idx + [image_idx])
+        wanted, decoded = frames_to_decode(video, idx + [image_idx])
+        self.frames_decoded += decoded
+        self.frames_used += len(wanted)
+        frames = video.get_batch(wanted)
         # On a CUDA Decord the frames stay on the GPU and are handed to torch without a copy.
-        frames_THWC = (
+        frames_NHWC = (
             torch.utils.dlpack.from_dlpack(frames.to_dlpack())
             if self._ctx.on_gpu
             else torch.from_numpy(frames.asnumpy())
         )
-        grey_THW = frames_THWC[..., 0].float().div_(255.0)
-        if grey_THW.shape[-2:] != (cfg.frame_size, cfg.frame_size):
-            grey_THW = F.interpolate(
-                grey_THW.unsqueeze(1),
-                size=(cfg.frame_size, cfg.frame_size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            ).squeeze(1)
+        frames_THWC = frames_NHWC[[wanted.index(i) for i in idx + [image_idx]]]
+        grey_THW = frames_THWC[..., 0].contiguous().float().mul_(1 / 255)
+        # The clip and its image frame share one crop, so the modalities stay aligned.
+        if rng is not None and cfg.augment.enabled:
+            grey_THW = augment_frames(grey_THW, cfg.augment, cfg.frame_size, rng)
+        else:
+            grey_THW = resize_frames(grey_THW, cfg.frame_size)
         clip_CTHW = grey_THW[:-1].unsqueeze(0).expand(cfg.channels, -1, -1, -1).contiguous()
         image_CHW = grey_THW[-1].unsqueeze(0).expand(cfg.channels, -1, -1).contiguous()
 
-        audio = decord.AudioReader(io.BytesIO(data), sample_rate=cfg.sample_rate, mono=True)
-        wave_N = torch.from_numpy(audio[:].asnumpy()).reshape(-1)[: self.samples]
+        wave_N = torch.from_numpy(read_wave(data, cfg.sample_rate))[: self.samples]
         if len(wave_N) < self.samples:
             raise BadSample(f"audio has {len(wave_N)} samples, the clip needs {self.samples}")
-        mel_1MF = torch.log(self._mel(wave_N.float()) + 1e-6).unsqueeze(0)
 
         labels = meta.get(schema.META_LABELS)
         gaze = meta.get(schema.META_GAZE)
         return {
             "video": clip_CTHW,
             "image": image_CHW,
-            "audio": mel_1MF,
+            "wave": wave_N,
             "labels": torch.tensor([labels[i] for i in idx] if labels else [-1] * len(idx)),
             "image_label": torch.tensor(labels[image_idx] if labels else -1),
             "gaze": torch.tensor([gaze[i] for i in idx], dtype=torch.float32)
@@ -197,6 +235,6 @@ class ClipDecoder:
             else torch.full((len(idx), 2), float("nan")),
             "scan": meta[schema.META_SCAN],
             "t0": float(meta[schema.META_T0]),
-            "bad_samples": self.bad,
-            "worker": self.worker,
+            "__key__": sample.get("__key__", ""),
+            "__url__": sample.get("__url__", ""),
         }

@@ -1,119 +1,186 @@
-"""The training loader: one commented list of WebDataset stages (STYLE.md principle 7)."""
+"""The training loader: one commented list of stages per stream (STYLE.md principle 7).
+
+Every rank runs `data.loader_workers` streams (one per DataLoader worker, or one in-process);
+the epoch plan (data/epoch.py) fixes what each reads, so every rank yields the same number of
+batches, no clip is read twice in an epoch (unless `data.resample`), and a stream restarts from a
+position kept in the checkpoint. Batch keys: see docs/architecture.md ("Loader").
+"""
 
 from __future__ import annotations
 
-import math
-import random
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import webdataset as wds
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from usvs_dist.config.schema import DataConfig
-from usvs_dist.data.decode import ClipDecoder
-from usvs_dist.data.schema import read_index
+from usvs_dist.data.decode import ClipDecoder, resolve_decode_context
+from usvs_dist.data.epoch import EpochPlan, plan_epoch, read_order, read_stream
+from usvs_dist.data.shards import Shard, load_index, split_shards
+
+log = logging.getLogger(__name__)
+Positions = dict[int, tuple[int, int]]
+"""Loader state of one rank: worker -> (clips read from its stream, batches it yielded)."""
 
 
-@dataclass(frozen=True)
-class _RankWorkerSeed:
-    """worker_seed for ResampledShards: distinct per (rank, loader worker), picklable."""
+class _TarErrors:
+    """webdataset handler: a tar-level error is logged and counted as a bad sample, then skipped."""
 
-    rank: int
+    def __init__(self, decoder: ClipDecoder):
+        self.decoder = decoder
 
-    def __call__(self) -> int:
-        info = torch.utils.data.get_worker_info()
-        return self.rank * 1000 + (info.id if info is not None else 0)
+    def __call__(self, exc: Exception) -> bool:
+        where = next((a for a in reversed(exc.args) if isinstance(a, str) and ".tar" in a), "?")
+        self.decoder.seen += 1
+        self.decoder.count_bad(f"unreadable tar data ({str(exc.args[0]).splitlines()[0]})", "?", where)
+        return True
 
 
-class _RankShuffle(wds.PipelineStage):
-    """Buffer shuffle seeded by (seed, rank, worker, epoch): reproducible, yet different per rank."""
+class RankEpoch(IterableDataset):
+    """One rank's batches of one epoch; each DataLoader worker runs its own stream of the plan."""
 
-    def __init__(self, bufsize: int, seed: int, rank: int):
-        self.bufsize, self.seed, self.rank, self.epoch = bufsize, seed, rank, -1
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shards: list[Shard],
+        plan: EpochPlan,
+        rank: int,
+        clip_seconds: float,
+        positions: Positions | None = None,
+        use_gpu: bool = False,
+        local_rank: int = 0,
+    ):
+        super().__init__()
+        self.cfg, self.shards, self.plan, self.rank = cfg, shards, plan, rank
+        self.clip_seconds, self.positions = clip_seconds, dict(positions or {})
+        self.use_gpu, self.local_rank = use_gpu, local_rank
 
-    def run(self, src):
-        self.epoch += 1
+    def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
-        rng = random.Random(f"shuffle-{self.seed}-{self.rank}-{worker}-{self.epoch}")
-        return wds.filters._shuffle(src, self.bufsize, min(self.bufsize, 16), rng)
-
-
-@dataclass(frozen=True)
-class LoaderPlan:
-    """How many batches each rank and each loader worker yields per epoch."""
-
-    split_clips: int
-    batches_per_rank: int
-    batches_per_worker: int
-
-
-def plan_epoch(split_clips: int, batch_size: int, world_size: int, loader_workers: int) -> LoaderPlan:
-    """Batches per rank per epoch, equal on every rank (else Ray's report barrier hangs)."""
-    global_batch = batch_size * world_size
-    if split_clips < global_batch:
-        raise ValueError(
-            f"the split holds {split_clips} clips, fewer than one global batch "
-            f"({batch_size} x {world_size} ranks)"
+        stream = self.rank * self.plan.workers + worker
+        units = self.plan.streams[stream]
+        start, done = self.positions.get(worker, (0, 0))
+        decoder = ClipDecoder(
+            self.cfg,
+            self.clip_seconds,
+            self.rank,
+            train=True,
+            use_gpu=self.use_gpu,
+            local_rank=self.local_rank,
+            epoch=self.plan.epoch,
         )
-    workers = max(1, loader_workers)
-    # with_epoch after batched counts per loader worker (webdataset #303).
-    per_worker = max(1, math.ceil(split_clips // global_batch / workers))
-    return LoaderPlan(split_clips, per_worker * workers, per_worker)
+        # 1. Seeded shuffle by epoch, split by node, split by worker: the plan gave this stream
+        #    its units; their interleaved order is a function of (seed, epoch, stream).
+        order = read_order(units, self.cfg.interleave, f"{self.cfg.seed}-{self.plan.epoch}-{stream}")
+        # 2. Tar -> samples from the position on; tar errors are logged, counted, skipped.
+        samples = read_stream(self.shards, units, order, start, _TarErrors(decoder))
+        # 3. Decord decode, frame sampling, image frame, augmentation; bad samples counted.
+        decoded = _decode(samples, decoder)
+        # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
+        #    barrier need every rank in step); log-mel of the batch's narration in one STFT.
+        return _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
 
 
-def train_loader(
-    cfg: DataConfig,
-    folder: str | Path,
-    rank: int,
-    world_size: int,
-    use_gpu: bool = False,
-    local_rank: int = 0,
-    start_epoch: int = 0,
-) -> tuple[wds.WebLoader, LoaderPlan]:
-    """Endless, resampled stream of training batches for one rank, in epochs of equal length.
+def _decode(samples: Iterator[tuple[int, dict | None]], decoder: ClipDecoder) -> Iterator[tuple[int, dict]]:
+    for pos, sample in samples:
+        if sample is None:
+            decoder.seen += 1
+            decoder.count_bad("the shard ended before index.json's clip count", "?", "?")
+            continue
+        out = decoder(sample)
+        if out is not None:
+            yield pos, out
 
-    `start_epoch` (the loader state a checkpoint keeps) seeds shard draws, shuffles and frame
-    jitter as from that epoch on, so a resumed run draws fresh data rather than replaying the
-    run's first epochs; the position inside an interrupted epoch is not kept.
-    """
-    index = read_index(folder)
-    shards = [s for s in index["shards"] if s["split"] == cfg.split and s["clips"] > 0]
-    if not shards:
-        raise ValueError(f"{folder}: no shard of split {cfg.split!r} holds clips")
-    urls = [str(Path(folder) / s["name"]) for s in shards]
-    plan = plan_epoch(sum(s["clips"] for s in shards), cfg.batch_size, world_size, cfg.loader_workers)
-    decoder = ClipDecoder(
-        cfg,
-        index["clip_seconds"],
-        rank,
-        train=True,
-        use_gpu=use_gpu,
-        local_rank=local_rank,
-        epoch=start_epoch,
-    )
-    shard_draws = wds.ResampledShards(
-        urls, seed=cfg.seed, worker_seed=_RankWorkerSeed(rank), deterministic=True
-    )
-    shard_draws.epoch = start_epoch - 1  # incremented as each epoch starts
-    shuffle = _RankShuffle(cfg.shuffle_buffer, cfg.seed, rank)
-    shuffle.epoch = start_epoch - 1
-    dataset = wds.DataPipeline(
-        # Shards drawn with replacement, seeded per (rank, worker): no node splitting is needed and
-        # no rank ever runs dry, so all ranks step in lockstep.
-        shard_draws,
-        # tar -> {__key__, mp4, json}; unreadable members are logged and skipped.
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        # Shuffle raw bytes, before the costly decode.
-        shuffle,
-        # Decord decode, frame sampling, log-mel; bad samples are counted and dropped.
-        wds.map(decoder),
-        # Full batches only: the gathered losses need equal batch sizes on every rank.
-        wds.batched(cfg.batch_size, partial=False, collation_fn=default_collate),
-    ).with_epoch(plan.batches_per_worker)
-    loader = wds.WebLoader(
-        dataset, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0
-    )
-    return loader, plan
+
+def _batches(
+    decoded: Iterator[tuple[int, dict]], decoder: ClipDecoder, size: int, quota: int, done: int, worker: int
+) -> Iterator[dict]:
+    pending: list[dict] = []
+    last: dict | None = None
+    padded = 0
+    pos = 0
+    while done < quota:
+        item = next(decoded, None)
+        if item is not None:
+            pos, sample = item
+            pending.append(sample)
+            if len(pending) < size:
+                continue
+            last, pending = default_collate(pending), []
+            last["audio"] = decoder.log_mel(last.pop("wave"))
+        elif last is None:
+            raise RuntimeError(
+                f"loader worker {worker} produced no full batch of {size} from its shards "
+                f"({decoder.bad} of {decoder.seen} samples bad)"
+            )
+        else:
+            # Bad samples left the stream short: repeat its last batch (counted) to stay in step.
+            padded += size
+        done += 1
+        yield {
+            **last,
+            "loader_pos": pos,
+            "loader_batches": done,
+            "worker": worker,
+            "bad_samples": decoder.bad,
+            "padded_samples": padded,
+            "frames_decoded": decoder.frames_decoded,
+            "frames_used": decoder.frames_used,
+        }
+
+
+class EpochLoader:
+    """A rank's loader: `epoch(e, positions)` gives a DataLoader over epoch e from those positions."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        location: str | Path,
+        rank: int,
+        world_size: int,
+        use_gpu: bool = False,
+        local_rank: int = 0,
+    ):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.use_gpu, self.local_rank = use_gpu, local_rank
+        self.index = load_index(location)
+        self.shards = split_shards(location, self.index, cfg.split, list(cfg.shard_urls))
+        self.clip_seconds = float(self.index["clip_seconds"])
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The plan of `epoch` (identical on every rank)."""
+        return plan_epoch(
+            [s.clips for s in self.shards],
+            epoch,
+            self.cfg.seed,
+            self.world_size,
+            self.cfg.loader_workers,
+            self.cfg.batch_size,
+            resample=self.cfg.resample,
+        )
+
+    def epoch(self, epoch: int, positions: Positions | None = None) -> DataLoader:
+        """This rank's batches of `epoch`, continuing each worker's stream from `positions`."""
+        dataset = RankEpoch(
+            self.cfg,
+            self.shards,
+            self.plan(epoch),
+            self.rank,
+            self.clip_seconds,
+            positions,
+            self.use_gpu,
+            self.local_rank,
+        )
+        workers = self.cfg.loader_workers
+        on_gpu = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank).on_gpu
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            # CUDA (Decord on the GPU) cannot run in forked workers.
+            multiprocessing_context="spawn" if on_gpu and workers > 0 else None,
+            pin_memory=self.use_gpu and not on_gpu,
+        )

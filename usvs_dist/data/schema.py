@@ -67,12 +67,21 @@ def sample_key(scan_hash: str, t0_seconds: float) -> str:
     return f"{scan_hash}_{round(t0_seconds * 1000):09d}"
 
 
+def parse_index(text: str, source: str) -> dict:
+    """index.json text, checked for the format version this code reads; `source` names it in errors."""
+    try:
+        index = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc})") from exc
+    if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
+        found = index.get("format_version") if isinstance(index, dict) else None
+        raise ValueError(f"{source}: format_version {found!r}, expected {FORMAT_VERSION}")
+    return index
+
+
 def read_index(folder: str | Path) -> dict:
-    """index.json of a shard folder, checked for the format version this code reads."""
+    """index.json of a local shard folder, checked for the format version this code reads."""
     path = Path(folder) / INDEX_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected a folder written by `sharding build`)")
-    index = json.loads(path.read_text())
-    if index.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {index.get('format_version')!r}, expected {FORMAT_VERSION}")
-    return index
+    return parse_index(path.read_text(), str(path))

@@ -8,12 +8,13 @@ its checkpoint. Shapes: B batch, C channels, T frames, H x W pixels, K sub-clips
 from __future__ import annotations
 
 import itertools
+import random
 
 import torch
-from torchvision.transforms import v2
 
 from usvs_dist.config.schema import AnatomyConfig, AugmentConfig
 from usvs_dist.data import schema
+from usvs_dist.data.augment import augment_frames
 
 
 def order_permutations(subclips: int, permutations: int = 0) -> torch.Tensor:
@@ -53,21 +54,17 @@ def rotation_views(video_BCTHW: torch.Tensor, rotations: int) -> tuple[torch.Ten
     return rotated, target_B
 
 
-def view_augmentation(cfg: AugmentConfig, size: int) -> v2.Compose:
-    """Random resized crop, intensity (brightness) and contrast jitter, optional flip, per frame."""
-    steps: list = [v2.RandomResizedCrop(size, scale=(cfg.crop_min_scale, 1.0), antialias=True)]
-    if cfg.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if cfg.brightness or cfg.contrast:
-        steps.append(v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast))
-    return v2.Compose(steps)
-
-
-def two_views(image_BCHW: torch.Tensor, augment: v2.Compose) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent augmentations of every frame: ([B, C, H, W], [B, C, H, W])."""
-    view1 = torch.stack([augment(x) for x in image_BCHW])
-    view2 = torch.stack([augment(x) for x in image_BCHW])
-    return view1, view2
+def two_views(image_BCHW: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent augmentations (crop inside the sector, jitter, flip) of every frame."""
+    B, _, H, _ = image_BCHW.shape
+    seeds = torch.randint(2**62, (2, B)).tolist()
+    views = [
+        torch.stack(
+            [augment_frames(x, cfg, H, random.Random(seed)) for x, seed in zip(image_BCHW, row, strict=True)]
+        )
+        for row in seeds
+    ]
+    return views[0], views[1]
 
 
 def anatomy_labels(plane_B: torch.Tensor, cfg: AnatomyConfig) -> torch.Tensor:

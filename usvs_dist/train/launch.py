@@ -16,11 +16,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from sharding.build import sha256_file
 from usvs_dist.config import RootConfig, flatten, to_dict, to_yaml
-from usvs_dist.data import schema
-from usvs_dist.data.pipeline import plan_epoch
-from usvs_dist.data.schema import read_index
+from usvs_dist.data.pipeline import EpochLoader
+from usvs_dist.data.shards import index_sha256, is_remote
 from usvs_dist.dist.engine import deepspeed_config
 from usvs_dist.losses import Requirements, check_objective
 from usvs_dist.models import check_names, modalities_for
@@ -56,7 +54,7 @@ def check_config(cfg: RootConfig) -> Requirements:
     return needs
 
 
-def check_labels(needs: Requirements, index: dict, shards: Path, recipe: str) -> None:
+def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: str) -> None:
     """A recipe reading plane labels fails before any worker starts when the shards have none."""
     if not needs.needs_labels:
         return
@@ -106,11 +104,18 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
     """One pretraining run end to end; raises on failure after marking the MLflow run FAILED."""
     needs = check_config(cfg)
     _warn_about_job_working_dir(cfg)
-    shards = Path(cfg.data.shards) if cfg.data.shards else ensure_phantom_shards(cfg.phantom, log=log_fn)
-    index = read_index(shards)
-    check_labels(needs, index, shards, cfg.objective.recipe)
-    split_clips = index["splits"][cfg.data.split]["clips"]
-    plan_epoch(split_clips, cfg.data.batch_size, cfg.train.num_workers, cfg.data.loader_workers)
+    if cfg.data.shards:
+        shards = cfg.data.shards if is_remote(cfg.data.shards) else str(Path(cfg.data.shards).resolve())
+    else:
+        shards = str(ensure_phantom_shards(cfg.phantom, log=log_fn).resolve())
+    # The loader a rank would build: shard list, index and epoch plan are checked before Ray starts.
+    loader = EpochLoader(cfg.data, shards, rank=0, world_size=cfg.train.num_workers)
+    check_labels(needs, loader.index, shards, cfg.objective.recipe)
+    plan = loader.plan(0)
+    log_fn(
+        f"epoch: {plan.batches_per_rank} batches per rank from {len(loader.shards)} shards; "
+        f"{plan.unused_clips} of {plan.total_clips} clips left out by the balance (others each epoch)"
+    )
 
     run_name = cfg.train.run_name or f"usvs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     uri = resolve_uri(cfg.tracking.uri)
@@ -121,7 +126,7 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         flatten(cfg),
         tags={
             "recipe": cfg.objective.recipe,
-            "shard_index_sha256": sha256_file(shards / schema.INDEX_NAME),
+            "shard_index_sha256": index_sha256(shards),
             "git_commit": _git_commit(),
         },
     )
@@ -141,7 +146,7 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         train_loop_per_worker,
         train_loop_config={
             "config": to_dict(cfg),
-            "shards": str(shards.resolve()),
+            "shards": shards,
             "tracking_uri": uri,
             "mlflow_run_id": run_id,
             "storage_path": storage_path,

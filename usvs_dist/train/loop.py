@@ -1,6 +1,6 @@
 """train_loop_per_worker: what each Ray Train worker runs (reads top to bottom).
 
-load config -> model -> DeepSpeed engine -> resume from Ray's checkpoint -> loader ->
+load config -> model -> DeepSpeed engine -> resume (engine, step, RNG, loader position) -> loader ->
 while not done: micro-steps up to an optimizer step, log (rank 0), checkpoint + report (every rank).
 """
 
@@ -17,7 +17,7 @@ import ray.train
 import torch
 
 from usvs_dist.config import from_dict
-from usvs_dist.data.pipeline import train_loader
+from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.dist import collectives
 from usvs_dist.dist.engine import build_engine, gathered_params
 from usvs_dist.losses import check_objective
@@ -32,24 +32,98 @@ ENGINE_TAG = "deepspeed"
 ENCODERS_FILE = "encoders.pt"
 
 
-def _save_rng(folder: Path, rank: int) -> None:
+def _save_rank_state(folder: Path, rank: int, loader_state: dict) -> None:
+    """This rank's RNG streams and loader position (each rank's own; rank 0 saves the rest)."""
     (folder / RNG_DIR).mkdir(exist_ok=True)
     torch.save(
-        {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "loader": loader_state,
+        },
         folder / RNG_DIR / f"rank_{rank}.pt",
     )
 
 
-def _load_rng(folder: Path, rank: int) -> None:
+def _load_rank_state(folder: Path, rank: int) -> dict:
+    """Restore this rank's RNG streams; returns its saved loader state ({} if none)."""
     path = folder / RNG_DIR / f"rank_{rank}.pt"
-    if path.is_file():  # a run resumed with more ranks than it saved keeps fresh streams there
-        state = torch.load(path, weights_only=False)
-        torch.set_rng_state(state["torch"])
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+    if not path.is_file():  # a run resumed with more ranks than it saved keeps fresh streams there
+        return {}
+    state = torch.load(path, weights_only=False)
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    return state.get("loader", {})
 
 
-def _save_and_report(engine, model, state: TrainState, cfg, metrics: dict, rank: int) -> None:
+class LoaderProgress:
+    """Where this rank's loader is inside the epoch, and its skipped/padded sample counts."""
+
+    def __init__(self, epoch: int, world_size: int, workers: int, saved: dict):
+        self.epoch, self.world_size, self.workers = epoch, world_size, workers
+        same_layout = saved.get("world_size") == world_size and saved.get("workers") == workers
+        if saved and saved.get("epoch") == epoch and not same_layout:
+            log.warning(
+                "loader position of epoch %d was saved with %s ranks x %s workers, now %d x %d: "
+                "the epoch restarts from its beginning",
+                epoch,
+                saved.get("world_size"),
+                saved.get("workers"),
+                world_size,
+                workers,
+            )
+        keep = saved.get("epoch") == epoch and same_layout
+        self.positions: dict[int, tuple[int, int]] = (
+            {int(w): tuple(p) for w, p in saved["positions"].items()} if keep else {}
+        )
+        self.bad_before = int(saved.get("bad", 0))
+        self.padded_before = int(saved.get("padded", 0))
+        self.bad: dict[int, int] = {}
+        self.padded: dict[int, int] = {}
+        self.frames: dict[int, tuple[int, int]] = {}
+
+    def update(self, batch: dict) -> None:
+        """Record the position and counters a batch carries."""
+        w = int(batch["worker"])
+        self.positions[w] = (int(batch["loader_pos"]), int(batch["loader_batches"]))
+        self.bad[w] = int(batch["bad_samples"])
+        self.padded[w] = int(batch["padded_samples"])
+        self.frames[w] = (int(batch["frames_decoded"]), int(batch["frames_used"]))
+
+    def totals(self) -> tuple[int, int]:
+        """(bad samples, padded samples) of this rank over the run so far."""
+        return self.bad_before + sum(self.bad.values()), self.padded_before + sum(self.padded.values())
+
+    def frames_ratio(self) -> float:
+        """Frames Decord decoded per frame used, this epoch."""
+        decoded = sum(d for d, _ in self.frames.values())
+        used = sum(u for _, u in self.frames.values())
+        return decoded / used if used else float("nan")
+
+    def next_epoch(self) -> None:
+        """The epoch is done: positions restart, counters carry over."""
+        self.bad_before, self.padded_before = self.totals()
+        self.epoch += 1
+        self.positions, self.bad, self.padded, self.frames = {}, {}, {}, {}
+
+    def state(self) -> dict:
+        """What the checkpoint keeps."""
+        bad, padded = self.totals()
+        return {
+            "epoch": self.epoch,
+            "world_size": self.world_size,
+            "workers": self.workers,
+            "positions": {str(w): list(p) for w, p in self.positions.items()},
+            "bad": bad,
+            "padded": padded,
+        }
+
+
+def _save_and_report(
+    engine, model, state: TrainState, cfg, metrics: dict, rank: int, loader_state: dict
+) -> None:
     """Every rank saves its DeepSpeed shard and RNG and reports; Ray merges the folders in storage.
 
     A rank-0-only save would hang on DeepSpeed's barrier (DeepSpeed #797), and every rank must
@@ -58,7 +132,7 @@ def _save_and_report(engine, model, state: TrainState, cfg, metrics: dict, rank:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         engine.save_checkpoint(str(folder), tag=ENGINE_TAG)
-        _save_rng(folder, rank)
+        _save_rank_state(folder, rank, loader_state)
         with gathered_params(model, cfg.train.zero_stage):
             encoders = encoder_state_dicts(model) if rank == 0 else None
         if rank == 0:
@@ -81,6 +155,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     make_views = BatchViews(cfg, needs)
 
     state = TrainState(world_size=world)
+    saved_loader: dict = {}
     # The newest complete checkpoint in storage, not only the one Ray registered: a worker killed
     # right after a report can beat the registration, and a stopped driver may leave no snapshot
     # (see train/resume.py). Nothing writes to storage while a group starts, so ranks agree.
@@ -91,18 +166,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.load_checkpoint(folder, tag=ENGINE_TAG)
             state = TrainState.load(Path(folder))
             state.world_size = world
-            _load_rng(Path(folder), rank)
+            saved_loader = _load_rank_state(Path(folder), rank)
         log.info("rank %d resumed at step %d", rank, state.step)
 
-    loader, plan = train_loader(
+    loader = EpochLoader(
         cfg.data,
         loop_config["shards"],
         rank,
         world,
         use_gpu=cfg.train.use_gpu,
         local_rank=ctx.get_local_rank(),
-        start_epoch=state.loader_epoch,
     )
+    progress = LoaderProgress(state.loader_epoch, world, cfg.data.loader_workers, saved_loader)
     tracker = (
         MlflowTracker(
             loop_config["tracking_uri"],
@@ -125,20 +200,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             cfg.data.batch_size,
             world,
             accum,
-            plan.batches_per_rank,
+            loader.plan(state.loader_epoch).batches_per_rank,
         )
-    bad_by_worker: dict[int, int] = {}
     window: dict[str, torch.Tensor] = {}
     micro = 0
     tick = time.perf_counter()
     while state.step < cfg.train.steps:
-        for batch in loader:
+        for batch in loader.epoch(state.loader_epoch, progress.positions):
             lr = engine.get_lr()[0]  # the rate this optimizer step uses
             parts = train_step(engine, batch, cfg, make_views, state.step / cfg.train.steps)
             for k, v in parts.items():
                 window[k] = window.get(k, 0.0) + v / accum
-            for w, bad in zip(batch["worker"].tolist(), batch["bad_samples"].tolist(), strict=True):
-                bad_by_worker[w] = max(bad_by_worker.get(w, 0), bad)
+            progress.update(batch)
             micro += 1
             if micro % accum:
                 continue  # DeepSpeed steps the optimizer on the accumulation boundary only
@@ -149,7 +222,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             last = state.step == cfg.train.steps
             if state.step % cfg.train.log_every == 0 or last:
                 means = {k: collectives.all_reduce_mean(v).item() for k, v in window.items()}
-                bad = torch.tensor(float(sum(bad_by_worker.values())), device=engine.device)
+                bad, padded = progress.totals()
+                counts = torch.tensor(
+                    [float(bad), float(padded), progress.frames_ratio()], device=engine.device
+                )
+                bad_mean, padded_mean, frames_ratio = collectives.all_reduce_mean(counts).tolist()
                 tracker.log_metrics(
                     {
                         **means,
@@ -157,17 +234,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         "lr": lr,
                         "samples_seen": state.samples,
                         "global_batch": global_batch,
-                        "bad_samples": collectives.all_reduce_mean(bad).item() * world,
+                        "bad_samples": bad_mean * world,
+                        "padded_samples": padded_mean * world,
+                        "decode_frames_ratio": frames_ratio,
+                        "loader_epoch": state.loader_epoch,
                     },
                     state.step,
                 )
             if state.step % cfg.train.checkpoint_every == 0 or last:
                 report = {"step": state.step, "loss": window["loss"].item()}
-                _save_and_report(engine, model, state, cfg, report, rank)
+                _save_and_report(engine, model, state, cfg, report, rank, progress.state())
                 tick = time.perf_counter()  # saving is not a training step
             window = {}
             if last:
                 break
         else:
             state.loader_epoch += 1
+            progress.next_epoch()
     tracker.close()

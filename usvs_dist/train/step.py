@@ -21,11 +21,6 @@ class BatchViews:
             if "order_logits" in needs.outputs
             else None
         )
-        self.augment = (
-            views.view_augmentation(cfg.data.augment, cfg.data.frame_size)
-            if "image_view1" in needs.outputs
-            else None
-        )
 
     def __call__(
         self, batch: dict, device: torch.device, dtype: torch.dtype
@@ -50,8 +45,10 @@ class BatchViews:
             inputs["rotated_video"], targets["rotation_target"] = views.rotation_views(
                 moved("video"), self.cfg.objective.pretext.rotations
             )
-        if self.augment is not None:
-            inputs["image_view1"], inputs["image_view2"] = views.two_views(moved("image"), self.augment)
+        if "image_view1" in out:
+            inputs["image_view1"], inputs["image_view2"] = views.two_views(
+                moved("image"), self.cfg.data.augment
+            )
         if "anatomy_label" in self.needs.targets:
             targets["anatomy_label"] = views.anatomy_labels(
                 batch["image_label"].to(device), self.cfg.objective.anatomy

@@ -1,0 +1,185 @@
+"""Exact, resumable epochs: which clips each (rank, loader worker) stream reads, in what order.
+
+A plan is a pure function of (shard clip counts, epoch, seed, ranks, workers, batch size):
+1. shuffle the shards by (seed, epoch);
+2. cut each shard into `parts` interleaved units (sample ordinal % parts) when there are fewer
+   shards than streams, so every stream gets work;
+3. split by node: units go to ranks, largest first to the least loaded (balanced by clips);
+4. split by worker: each rank's units go to its loader workers the same way;
+5. every stream yields the same number of batches: floor(smallest stream's clips / batch).
+   Clips beyond that in larger streams are not used this epoch (reported; the next epoch's
+   shuffle leaves out others). Without resampling no clip is read twice in an epoch.
+A stream reads its units `interleave` at a time, drawing the next clip from a random open unit
+(seeded by seed, epoch, stream). The order is fixed by the plan alone, so a position (clips read)
+restores a stream: units finished before it are never opened again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import webdataset as wds
+
+from usvs_dist.data.shards import Shard, open_shard
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Part `part` of `parts` of shard `shard`: its samples whose ordinal % parts == part."""
+
+    shard: int
+    part: int
+    parts: int
+    clips: int
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Units per stream (index rank * workers + worker) and the batches every stream yields."""
+
+    epoch: int
+    streams: tuple[tuple[Unit, ...], ...]
+    workers: int
+    batch_size: int
+    batches_per_stream: int
+    total_clips: int
+
+    @property
+    def batches_per_rank(self) -> int:
+        """Batches each rank yields this epoch (the same on every rank)."""
+        return self.batches_per_stream * self.workers
+
+    @property
+    def unused_clips(self) -> int:
+        """Clips of the split not read this epoch (balance remainder; with resampling, may be < 0)."""
+        return self.total_clips - len(self.streams) * self.batches_per_stream * self.batch_size
+
+
+def _balance(units: list[Unit], bins: int) -> list[list[Unit]]:
+    """Largest first into the least-loaded bin (ties: lower bin); stable for equal sizes."""
+    out: list[list[Unit]] = [[] for _ in range(bins)]
+    load = [0] * bins
+    for unit in sorted(units, key=lambda u: -u.clips):
+        b = min(range(bins), key=lambda k: (load[k], k))
+        out[b].append(unit)
+        load[b] += unit.clips
+    return out
+
+
+def plan_epoch(
+    shard_clips: list[int],
+    epoch: int,
+    seed: int,
+    world_size: int,
+    workers: int,
+    batch_size: int,
+    resample: bool = False,
+) -> EpochPlan:
+    """The epoch's plan; raises ValueError when a stream would get less than one batch."""
+    workers = max(1, workers)
+    streams = world_size * workers
+    total = sum(shard_clips)
+    rng = random.Random(f"epoch-{seed}-{epoch}")
+    order = list(range(len(shard_clips)))
+    rng.shuffle(order)
+    parts = max(1, -(-streams // len(order)))
+    units = [
+        Unit(s, j, parts, len(range(j, shard_clips[s], parts)))
+        for s in order
+        for j in range(parts)
+        if len(range(j, shard_clips[s], parts)) > 0
+    ]
+    if resample:
+        # Each stream draws units with replacement up to its share of the split.
+        share = total // streams
+        per_stream = []
+        for _ in range(streams):
+            drawn, clips = [], 0
+            while clips < share:
+                unit = rng.choice(units)
+                drawn.append(unit)
+                clips += unit.clips
+            per_stream.append(drawn)
+    else:
+        per_stream = [w for r in _balance(units, world_size) for w in _balance(r, workers)]
+    smallest = min(sum(u.clips for u in s) for s in per_stream)
+    batches = smallest // batch_size
+    if batches < 1:
+        raise ValueError(
+            f"the split's {total} clips in {len(shard_clips)} shards give a stream only {smallest} clips, "
+            f"less than data.batch_size={batch_size}, with {world_size} ranks x {workers} loader workers; "
+            "use fewer data.loader_workers, a smaller batch, or more data"
+        )
+    return EpochPlan(epoch, tuple(tuple(s) for s in per_stream), workers, batch_size, batches, total)
+
+
+def read_order(units: tuple[Unit, ...], interleave: int, seed: str) -> list[int]:
+    """Unit index of every clip the stream reads, in order: `interleave` units open at a time."""
+    remaining = [u.clips for u in units]
+    upcoming = iter(range(len(units)))
+    open_units = [u for _, u in zip(range(max(1, interleave)), upcoming, strict=False)]
+    rng = random.Random(seed)
+    order: list[int] = []
+    while open_units:
+        k = rng.randrange(len(open_units))
+        unit = open_units[k]
+        order.append(unit)
+        remaining[unit] -= 1
+        if remaining[unit] == 0:
+            nxt = next(upcoming, None)
+            if nxt is None:
+                open_units.pop(k)
+            else:
+                open_units[k] = nxt
+    return order
+
+
+def _unit_samples(
+    shard: Shard, unit: Unit, skip: int, handler: Callable[[Exception], bool]
+) -> Iterator[dict]:
+    """The unit's samples in shard order, the first `skip` of them read past without yielding."""
+    try:
+        fileobj = open_shard(shard.url)
+    except Exception as exc:  # unreachable storage, missing file: the handler logs and counts it
+        exc.args = (*exc.args, shard.url)
+        if handler(exc):
+            return
+        raise
+    try:
+        files = wds.tariterators.tar_file_expander([{"url": shard.url, "stream": fileobj}], handler=handler)
+        ordinal = kept = 0
+        for sample in wds.tariterators.group_by_keys(files, handler=handler):
+            mine = ordinal % unit.parts == unit.part
+            ordinal += 1
+            if not mine:
+                continue
+            kept += 1
+            if kept > skip:
+                yield sample
+    finally:
+        fileobj.close()
+
+
+def read_stream(
+    shards: list[Shard],
+    units: tuple[Unit, ...],
+    order: list[int],
+    start: int,
+    handler: Callable[[Exception], bool],
+) -> Iterator[tuple[int, dict | None]]:
+    """(position after it, sample or None when the unit ran out early) from position `start` on."""
+    consumed = Counter(order[:start])
+    last_use = {u: pos for pos, u in enumerate(order)}
+    readers: dict[int, Iterator[dict]] = {}
+    for pos in range(start, len(order)):
+        u = order[pos]
+        if u not in readers:
+            unit = units[u]
+            readers[u] = _unit_samples(shards[unit.shard], unit, consumed[u], handler)
+        sample = next(readers[u], None)
+        if pos == last_use[u]:
+            readers.pop(u).close()  # the unit's file is closed as soon as it is done
+        yield pos + 1, sample
