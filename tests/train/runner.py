@@ -52,10 +52,16 @@ def parse(output: str, workdir: Path) -> Finished:
     return Finished(output, run_id, checkpoint, client_for(workdir))
 
 
-def train(workdir: Path, shards: Path, *overrides: str, timeout: float = 600) -> Finished:
-    """Run the entry to completion in `workdir`; fails the test with the output tail otherwise."""
+def train(
+    workdir: Path, shards: Path | None, *overrides: str, timeout: float = 600, tiny: bool = True
+) -> Finished:
+    """Run the entry to completion in `workdir`; fails the test with the output tail otherwise.
+
+    `shards` None trains on the phantom cache (set phantom.cache_dir); `tiny` adds TINY's overrides.
+    """
+    data = [f"data.shards={shards}"] if shards is not None else []
     proc = subprocess.run(
-        [sys.executable, "-m", "usvs_dist.train", f"data.shards={shards}", *TINY, *overrides],
+        [sys.executable, "-m", "usvs_dist.train", *data, *(TINY if tiny else []), *overrides],
         cwd=workdir,
         env=entry_env(),
         capture_output=True,

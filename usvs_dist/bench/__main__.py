@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "loader":
         from usvs_dist.bench import loader as loader_bench
 
+        if args.shards and "=" in args.shards:  # no folder given: the first word is an override
+            args.overrides.insert(0, args.shards)
+            args.shards = None
         loader_bench.run(args.shards, args.overrides, args.clips, args.repeats)
     elif args.bench == "step":
         from usvs_dist.bench import step as step_bench

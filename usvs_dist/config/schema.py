@@ -16,6 +16,7 @@ SCHEDULES = ("cosine", "constant")
 SELF_PACED_SCHEDULES = ("linear", "cosine", "step")
 AFFINITIES = ("mean", "video", "audio")
 GRANULARITIES = ("fine", "coarse")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class ConfigError(ValueError):
@@ -386,6 +387,10 @@ class TrainConfig:
     """One GPU per worker; NCCL and bf16 on GPU, gloo and fp32 on CPU."""
     cpus_per_worker: int = 1
     """CPUs Ray reserves per worker."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker needs (e.g. {h100_node: 1}), besides CPU and GPU."""
+    placement_strategy: str = "PACK"
+    """Ray placement of the workers: PACK (fill nodes), SPREAD, STRICT_PACK, STRICT_SPREAD (one a node)."""
     steps: int = 40
     """Optimizer steps in the run."""
     grad_accum_steps: int = 1
@@ -413,6 +418,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "train.num_workers", self.num_workers, "an integer >= 1")
         _check(self.cpus_per_worker >= 1, "train.cpus_per_worker", self.cpus_per_worker, ">= 1")
+        _check(
+            self.placement_strategy in PLACEMENTS,
+            "train.placement_strategy",
+            self.placement_strategy,
+            f"one of {', '.join(PLACEMENTS)}",
+        )
+        for name, amount in self.worker_resources.items():
+            _check(
+                amount > 0 and name not in ("CPU", "GPU"),
+                f"train.worker_resources.{name}",
+                amount,
+                "> 0, and not CPU or GPU (train.cpus_per_worker and train.use_gpu set those)",
+            )
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
         _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, ">= 1")
@@ -449,6 +467,82 @@ class TrackingConfig:
 
 
 @dataclass(kw_only=True)
+class EvalConfig:
+    """Downstream evaluation (`python -m usvs_dist.evaluate`) and its periodic form in training."""
+
+    every: int = 0
+    """Evaluate retrieval and a linear probe on a fixed subset every this many steps; 0: never."""
+    subset: int = 64
+    """Clips of the periodic evaluation (fixed: the first ones of the splits, in shard order)."""
+    plane_splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    """Splits whose labelled clips form the cross-validation set of plane detection and saliency."""
+    retrieval_split: str = "val"
+    """Split of the cross-modal retrieval metric."""
+    max_clips: int = 2000
+    """Clips read per evaluation set at most (decoded clips are held in memory)."""
+    folds: int = 5
+    """k of the k-fold cross-validation by scan (the papers: 5)."""
+    probe_l2: float = 1e-3
+    """L2 penalty of the linear probe (multinomial logistic regression, full-batch L-BFGS)."""
+    probe_iters: int = 200
+    """L-BFGS iterations of the linear probe."""
+    finetune_steps: int = 200
+    """Optimizer steps of full fine-tuning per fold (batches of eval.batch_size); 0: skip it."""
+    finetune_lr: float = 1e-4
+    """Adam learning rate of the encoder when fine-tuning."""
+    finetune_head_lr: float = 1e-2
+    """Adam learning rate of the new linear head when fine-tuning."""
+    saliency_encoder: str = "video"
+    """Encoder under the saliency decoder: video (the clip's gaze) or image (its frame's gaze)."""
+    saliency_epochs: int = 30
+    """Epochs of the saliency decoder per fold (encoder frozen)."""
+    saliency_sigma: float = 1 / 16
+    """Gaussian blur of fixations as a fraction of the map width (METHODS.md: 1/16)."""
+    batch_size: int = 16
+    """Clips per forward pass in evaluation."""
+    seed: int = 0
+    """Seed of folds, probes and the random-encoder baseline."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "eval.every", self.every, ">= 0 (0: off)")
+        _check(self.subset >= 4, "eval.subset", self.subset, ">= 4")
+        for split in self.plane_splits:
+            _check(
+                split in ("train", "val", "test"),
+                "eval.plane_splits",
+                self.plane_splits,
+                "splits of train, val, test",
+            )
+        _check(
+            self.retrieval_split in ("train", "val", "test"),
+            "eval.retrieval_split",
+            self.retrieval_split,
+            "train, val or test",
+        )
+        _check(self.max_clips >= 4, "eval.max_clips", self.max_clips, ">= 4")
+        _check(self.folds >= 2, "eval.folds", self.folds, ">= 2")
+        _check(self.probe_l2 >= 0, "eval.probe_l2", self.probe_l2, ">= 0")
+        _check(self.probe_iters >= 1, "eval.probe_iters", self.probe_iters, ">= 1")
+        _check(
+            self.finetune_steps >= 0,
+            "eval.finetune_steps",
+            self.finetune_steps,
+            ">= 0 (0: skip fine-tuning)",
+        )
+        _check(self.finetune_lr > 0, "eval.finetune_lr", self.finetune_lr, "> 0")
+        _check(self.finetune_head_lr > 0, "eval.finetune_head_lr", self.finetune_head_lr, "> 0")
+        _check(
+            self.saliency_encoder in ("video", "image"),
+            "eval.saliency_encoder",
+            self.saliency_encoder,
+            "video or image",
+        )
+        _check(self.saliency_epochs >= 1, "eval.saliency_epochs", self.saliency_epochs, ">= 1")
+        _check(0 < self.saliency_sigma <= 0.5, "eval.saliency_sigma", self.saliency_sigma, "in (0, 0.5]")
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass(kw_only=True)
 class RootConfig:
     """A whole pretraining run."""
 
@@ -459,6 +553,7 @@ class RootConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         per_step = self.data.batch_size * self.train.num_workers * self.train.grad_accum_steps

@@ -233,6 +233,9 @@ class ClipDecoder:
             "gaze": torch.tensor([gaze[i] for i in idx], dtype=torch.float32)
             if gaze
             else torch.full((len(idx), 2), float("nan")),
+            "image_gaze": torch.tensor(gaze[image_idx], dtype=torch.float32)
+            if gaze
+            else torch.full((2,), float("nan")),
             "scan": meta[schema.META_SCAN],
             "t0": float(meta[schema.META_T0]),
             "__key__": sample.get("__key__", ""),

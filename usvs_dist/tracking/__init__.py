@@ -5,7 +5,22 @@ warnings: a multi-day run must not die because the tracking server blinked.
 """
 
 from usvs_dist.tracking.base import NullTracker, Tracker
-from usvs_dist.tracking.mlflow_tracker import MlflowTracker, finish_run, open_run, resolve_uri
+from usvs_dist.tracking.mlflow_tracker import (
+    MlflowTracker,
+    download_run_files,
+    finish_run,
+    open_run,
+    resolve_uri,
+)
 from usvs_dist.tracking.plots import loss_curves
 
-__all__ = ["MlflowTracker", "NullTracker", "Tracker", "finish_run", "loss_curves", "open_run", "resolve_uri"]
+__all__ = [
+    "MlflowTracker",
+    "NullTracker",
+    "Tracker",
+    "download_run_files",
+    "finish_run",
+    "loss_curves",
+    "open_run",
+    "resolve_uri",
+]

@@ -71,6 +71,20 @@ def finish_run(uri: str, run_id: str, ok: bool) -> None:
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, str(exc).splitlines()[0])
 
 
+def download_run_files(uri: str, run_id: str, paths: list[str], dest: str | Path) -> list[Path]:
+    """Local copies of a run's artifacts (e.g. config/resolved.yaml); an error names a missing one."""
+    client = MlflowClient(uri)
+    out = []
+    for path in paths:
+        try:
+            out.append(Path(client.download_artifacts(run_id, path, str(dest))))
+        except Exception as exc:  # MlflowException for unknown runs or paths
+            raise FileNotFoundError(
+                f"MLflow run {run_id} at {uri}: no artifact {path} ({exc})".splitlines()[0]
+            ) from exc
+    return out
+
+
 class MlflowTracker:
     """Logs into an existing run; every MLflow error is a warning, never fatal.
 

@@ -20,10 +20,11 @@ from usvs_dist.config import RootConfig, flatten, to_dict, to_yaml
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.shards import index_sha256, is_remote
 from usvs_dist.dist.engine import deepspeed_config
+from usvs_dist.eval.encoders import ENCODERS_FILE
 from usvs_dist.losses import Requirements, check_objective
 from usvs_dist.models import check_names, modalities_for
 from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
-from usvs_dist.train.loop import ENCODERS_FILE, train_loop_per_worker
+from usvs_dist.train.loop import train_loop_per_worker
 from usvs_dist.train.phantom_cache import ensure_phantom_shards
 from usvs_dist.train.resume import latest_complete_checkpoint
 
@@ -155,7 +156,8 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources},
+            placement_strategy=cfg.train.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,

@@ -1,11 +1,13 @@
 """train_loop_per_worker: what each Ray Train worker runs (reads top to bottom).
 
 load config -> model -> DeepSpeed engine -> resume (engine, step, RNG, loader position) -> loader ->
-while not done: micro-steps up to an optimizer step, log (rank 0), checkpoint + report (every rank).
+while not done: micro-steps up to an optimizer step, log (rank 0), evaluate every eval.every steps
+(rank 0), checkpoint + report (every rank).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import tempfile
@@ -16,20 +18,21 @@ import numpy as np
 import ray.train
 import torch
 
-from usvs_dist.config import from_dict
+from usvs_dist.config import from_dict, to_yaml
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.dist import collectives
 from usvs_dist.dist.engine import build_engine, gathered_params
+from usvs_dist.eval.encoders import CONFIG_FILE, ENCODERS_FILE, RUN_FILE
 from usvs_dist.losses import check_objective
 from usvs_dist.models import build_model, encoder_state_dicts
 from usvs_dist.tracking import MlflowTracker, NullTracker
+from usvs_dist.train.periodic_eval import PeriodicEval
 from usvs_dist.train.resume import RNG_DIR, latest_complete_checkpoint
 from usvs_dist.train.state import TrainState
 from usvs_dist.train.step import BatchViews, train_step
 
 log = logging.getLogger(__name__)
 ENGINE_TAG = "deepspeed"
-ENCODERS_FILE = "encoders.pt"
 
 
 def _save_rank_state(folder: Path, rank: int, loader_state: dict) -> None:
@@ -41,6 +44,8 @@ def _save_rank_state(folder: Path, rank: int, loader_state: dict) -> None:
             "python": random.getstate(),
             "numpy": np.random.get_state(),
             "loader": loader_state,
+            # Which Ray node ran this rank (tests assert multi-node placement from it).
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         },
         folder / RNG_DIR / f"rank_{rank}.pt",
     )
@@ -122,7 +127,7 @@ class LoaderProgress:
 
 
 def _save_and_report(
-    engine, model, state: TrainState, cfg, metrics: dict, rank: int, loader_state: dict
+    engine, model, state: TrainState, cfg, metrics: dict, rank: int, loader_state: dict, run: dict
 ) -> None:
     """Every rank saves its DeepSpeed shard and RNG and reports; Ray merges the folders in storage.
 
@@ -138,6 +143,9 @@ def _save_and_report(
         if rank == 0:
             state.save(folder)
             torch.save(encoders, folder / ENCODERS_FILE)
+            # What `python -m usvs_dist.evaluate --checkpoint` needs: the architecture and the run.
+            (folder / CONFIG_FILE).write_text(to_yaml(cfg))
+            (folder / RUN_FILE).write_text(json.dumps(run))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
 
@@ -188,6 +196,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0
         else NullTracker()
     )
+    periodic = PeriodicEval(cfg, loop_config["shards"]) if cfg.eval.every and rank == 0 else None
     if checkpoint is not None:
         # Visible in MLflow: where each restart of the worker group picked up.
         tracker.log_metrics({"resumed_from_step": state.step}, state.step)
@@ -241,9 +250,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     },
                     state.step,
                 )
+            if cfg.eval.every and (state.step % cfg.eval.every == 0 or last):
+                # Every rank enters: under ZeRO-3 gathering the parameters is a collective.
+                with gathered_params(model, cfg.train.zero_stage):
+                    if periodic is not None:
+                        tracker.log_metrics(periodic(model), state.step)
+                tick = time.perf_counter()  # evaluating is not a training step
             if state.step % cfg.train.checkpoint_every == 0 or last:
                 report = {"step": state.step, "loss": window["loss"].item()}
-                _save_and_report(engine, model, state, cfg, report, rank, progress.state())
+                run = {
+                    "mlflow_run_id": loop_config["mlflow_run_id"],
+                    "tracking_uri": loop_config["tracking_uri"],
+                }
+                _save_and_report(engine, model, state, cfg, report, rank, progress.state(), run)
                 tick = time.perf_counter()  # saving is not a training step
             window = {}
             if last:

@@ -1,0 +1,104 @@
+"""Evaluation clips: every clip of some splits, decoded without augmentation (centre frames), in
+shard order, held in memory (downstream sets are small; `eval.max_clips` caps them).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from torch.utils.data import default_collate
+
+from usvs_dist.config.schema import DataConfig
+from usvs_dist.data.decode import ClipDecoder
+from usvs_dist.data.shards import load_index, open_shard, split_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipSet:
+    """Decoded clips: tensors stacked over N clips, and each clip's (hashed) scan id."""
+
+    video: torch.Tensor
+    """[N, C, T, H, W] in [0, 1]."""
+    image: torch.Tensor
+    """[N, C, H, W]: the centre frame."""
+    audio: torch.Tensor
+    """[N, 1, M, F] log-mel."""
+    labels: torch.Tensor
+    """[N, T] plane per sampled frame (-1: none)."""
+    image_label: torch.Tensor
+    """[N] plane of the centre frame: the clip's label for plane detection."""
+    gaze: torch.Tensor
+    """[N, T, 2] gaze point per sampled frame in [0, 1] (NaN: none)."""
+    image_gaze: torch.Tensor
+    """[N, 2] gaze point of the centre frame (NaN: none)."""
+    scan: list[str]
+    skipped: int
+    """Clips that could not be decoded (logged)."""
+
+    def __len__(self) -> int:
+        return len(self.scan)
+
+    def subset(self, rows: torch.Tensor | list[int]) -> ClipSet:
+        """The clips at `rows`."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return ClipSet(
+            self.video[rows],
+            self.image[rows],
+            self.audio[rows],
+            self.labels[rows],
+            self.image_label[rows],
+            self.gaze[rows],
+            self.image_gaze[rows],
+            [self.scan[i] for i in rows.tolist()],
+            self.skipped,
+        )
+
+
+def load_clips(cfg: DataConfig, location: str | Path, splits: list[str], max_clips: int) -> ClipSet:
+    """The first `max_clips` decodable clips of `splits` (shard order), without augmentation."""
+    index = load_index(location)
+    decoder = ClipDecoder(cfg, float(index["clip_seconds"]), rank=0, train=False)
+    decoded: list[dict] = []
+
+    def handler(exc: Exception) -> bool:
+        decoder.seen += 1
+        decoder.count_bad(f"unreadable tar data ({str(exc.args[0]).splitlines()[0]})", "?", "?")
+        return True
+
+    for split in splits:
+        if not any(s["split"] == split and s["clips"] > 0 for s in index["shards"]):
+            continue
+        for shard in split_shards(location, index, split):
+            files = wds.tariterators.tar_file_expander(
+                [{"url": shard.url, "stream": open_shard(shard.url)}], handler=handler
+            )
+            for sample in wds.tariterators.group_by_keys(files, handler=handler):
+                out = decoder(sample)
+                if out is not None:
+                    decoded.append(out)
+                if len(decoded) == max_clips:
+                    break
+            if len(decoded) == max_clips:
+                break
+    if not decoded:
+        raise ValueError(f"{location}: no decodable clip in splits {splits}")
+    if decoder.bad:
+        log.warning("%d clips of %s could not be decoded and are left out", decoder.bad, location)
+    batch = default_collate(decoded)
+    return ClipSet(
+        video=batch["video"],
+        image=batch["image"],
+        audio=decoder.log_mel(batch["wave"]),
+        labels=batch["labels"],
+        image_label=batch["image_label"],
+        gaze=batch["gaze"],
+        image_gaze=batch["image_gaze"],
+        scan=list(batch["scan"]),
+        skipped=decoder.bad,
+    )

@@ -1,0 +1,85 @@
+"""Trained encoders for evaluation, from a run's `encoders.pt` and resolved config, and the
+randomly initialised twins of the same architecture (the baseline every report subtracts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from usvs_dist.config import RootConfig, load_config
+from usvs_dist.models import ENCODERS
+from usvs_dist.models.heads import ProjectionHead
+
+ENCODERS_FILE = "encoders.pt"
+"""In a checkpoint: plain state dicts `{modality}_encoder`, `{modality}_head`, ... (see models)."""
+CONFIG_FILE = "config.yaml"
+"""In a checkpoint: the run's resolved config (the architecture to rebuild)."""
+RUN_FILE = "run.json"
+"""In a checkpoint: {"mlflow_run_id", "tracking_uri"} of the run that wrote it."""
+
+
+@dataclass
+class Encoders:
+    """Encoders by modality and their projection heads (when the recipe trained one)."""
+
+    cfg: RootConfig
+    encoders: dict[str, nn.Module]
+    heads: dict[str, nn.Module]
+    source: str
+
+    def eval(self) -> Encoders:
+        """All modules in inference mode."""
+        for module in [*self.encoders.values(), *self.heads.values()]:
+            module.eval()
+        return self
+
+
+def _encoder(cfg: RootConfig, modality: str) -> nn.Module:
+    channels = 1 if modality == "audio" else cfg.data.channels
+    return ENCODERS[modality][getattr(cfg.model, modality)](channels, cfg.model.width, cfg.data)
+
+
+def build_encoders(
+    cfg: RootConfig, state: dict[str, dict[str, torch.Tensor]] | None, source: str
+) -> Encoders:
+    """Encoders (and heads) named in `state` with its weights, or, with state None, fresh ones of
+    the same modalities seeded by eval.seed (the random baseline)."""
+    modalities = [m for m in ENCODERS if state is None or f"{m}_encoder" in state]
+    encoders, heads = {}, {}
+    for m in modalities:
+        encoders[m] = _encoder(cfg, m)
+        if state is not None:
+            encoders[m].load_state_dict(state[f"{m}_encoder"])
+        if state is not None and f"{m}_head" in state:
+            heads[m] = ProjectionHead(encoders[m].out_features, cfg.model.embed_dim)
+            heads[m].load_state_dict(state[f"{m}_head"])
+    return Encoders(cfg, encoders, heads, source).eval()
+
+
+def random_twin(trained: Encoders) -> Encoders:
+    """Randomly initialised encoders and heads of the same architecture, seeded by eval.seed."""
+    torch.manual_seed(trained.cfg.eval.seed)
+    encoders = {m: _encoder(trained.cfg, m) for m in trained.encoders}
+    heads = {m: ProjectionHead(encoders[m].out_features, trained.cfg.model.embed_dim) for m in trained.heads}
+    return Encoders(trained.cfg, encoders, heads, "random init").eval()
+
+
+def from_checkpoint(path: str | Path, config: str | Path | None = None) -> Encoders:
+    """Encoders of a training checkpoint folder (encoders.pt + config.yaml) or an encoders.pt file."""
+    path = Path(path).expanduser()
+    file = path / ENCODERS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {path}: no {ENCODERS_FILE} there (expected a training checkpoint)"
+        )
+    config = Path(config) if config else file.parent / CONFIG_FILE
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {path}: no {CONFIG_FILE} beside it; pass --config with the run's config"
+        )
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return build_encoders(load_config(config), state, str(file))

@@ -1,0 +1,145 @@
+"""Standard-plane detection (METHODS.md): a linear probe on frozen features and full fine-tuning,
+k-fold cross-validation by scan, macro precision/recall/F1 (mean and std over folds).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from usvs_dist.config.schema import EvalConfig
+from usvs_dist.data import schema
+from usvs_dist.eval.metrics import confusion_matrix, macro_prf
+
+CLASSES = len(schema.PLANES)
+
+
+def scan_folds(scans: list[str], k: int, seed: int) -> list[list[int]]:
+    """Rows of each test fold: scans shuffled by seed and dealt round-robin (no scan in two folds)."""
+    distinct = sorted(set(scans))
+    if len(distinct) < 2:
+        raise ValueError(f"cross-validation by scan needs at least 2 scans, found {len(distinct)}")
+    random.Random(seed).shuffle(distinct)
+    k = min(k, len(distinct))
+    fold_of = {scan: n % k for n, scan in enumerate(distinct)}
+    return [[i for i, s in enumerate(scans) if fold_of[s] == f] for f in range(k)]
+
+
+@torch.no_grad()
+def features(encoder: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """[N, F] frozen features (inference mode), computed on the encoder's device, returned on CPU."""
+    encoder.eval()
+    param = next(encoder.parameters())
+    return torch.cat(
+        [
+            encoder(inputs[i : i + batch_size].to(param.device, param.dtype)).float().cpu()
+            for i in range(0, len(inputs), batch_size)
+        ]
+    )
+
+
+def linear_probe(
+    train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, l2: float, iters: int
+) -> torch.Tensor:
+    """Predicted classes of test_X by multinomial logistic regression (standardised features, L-BFGS)."""
+    mean, std = train_X.mean(dim=0), train_X.std(dim=0) + 1e-6
+    Xtr, Xte = (train_X - mean) / std, (test_X - mean) / std
+    W = torch.zeros(Xtr.shape[1], CLASSES, requires_grad=True)
+    b = torch.zeros(CLASSES, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(Xtr @ W + b, train_y) + l2 * W.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (Xte @ W + b).argmax(dim=1)
+
+
+def finetune(
+    encoder: nn.Module,
+    train_inputs: torch.Tensor,
+    train_y: torch.Tensor,
+    test_inputs: torch.Tensor,
+    cfg: EvalConfig,
+) -> torch.Tensor:
+    """Predicted classes after fine-tuning a copy of the encoder with a linear head (Adam)."""
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(encoder).train()
+    head = nn.Linear(model.out_features, CLASSES)
+    opt = torch.optim.Adam(
+        [
+            {"params": model.parameters(), "lr": cfg.finetune_lr},
+            {"params": head.parameters(), "lr": cfg.finetune_head_lr},
+        ]
+    )
+    n = len(train_inputs)
+    size = max(2, min(cfg.batch_size, n))  # BatchNorm needs 2 samples
+    order = torch.randperm(n)
+    for step in range(cfg.finetune_steps):
+        start = (step * size) % n
+        if start + size > n:  # a new pass over the fold, reshuffled
+            order = torch.randperm(n)
+            start = 0
+        rows = order[start : start + size]
+        loss = F.cross_entropy(head(model(train_inputs[rows])), train_y[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        head.eval()
+        return head(features(model, test_inputs, cfg.batch_size)).argmax(dim=1)
+
+
+def plane_detection(
+    encoder: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    scans: list[str],
+    cfg: EvalConfig,
+    protocols=("linear", "finetune"),
+) -> dict:
+    """Per protocol: macro P/R/F1 mean and std over scan folds, and the summed confusion matrix.
+
+    Clips without a plane label are left out. Returns {"linear": {"f1": .., "f1_std": .., ...,
+    "confusion": [K, K]}, ...} and "clips", "folds".
+    """
+    keep = (labels >= 0).nonzero().flatten()
+    if len(keep) == 0:
+        raise ValueError("no clip has a plane label: the shards were built without labels files")
+    inputs, labels = inputs[keep], labels[keep]
+    scans = [scans[i] for i in keep.tolist()]
+    folds = scan_folds(scans, cfg.folds, cfg.seed)
+    feats = features(encoder, inputs, cfg.batch_size) if "linear" in protocols else None
+    out: dict = {"clips": len(keep), "folds": len(folds)}
+    for protocol in protocols:
+        if protocol == "finetune" and cfg.finetune_steps == 0:
+            continue
+        per_fold: list[dict[str, float]] = []
+        confusion = torch.zeros(CLASSES, CLASSES, dtype=torch.long)
+        for test_rows in folds:
+            test = torch.tensor(test_rows)
+            train = torch.tensor([i for i in range(len(scans)) if i not in set(test_rows)])
+            if protocol == "linear":
+                pred = linear_probe(feats[train], labels[train], feats[test], cfg.probe_l2, cfg.probe_iters)
+            else:
+                pred = finetune(encoder, inputs[train], labels[train], inputs[test], cfg)
+            fold_confusion = confusion_matrix(pred, labels[test], CLASSES)
+            confusion += fold_confusion
+            per_fold.append(macro_prf(fold_confusion))
+        summary = {}
+        for metric in ("precision", "recall", "f1"):
+            values = [f[metric] for f in per_fold]
+            summary[metric] = statistics.mean(values)
+            summary[f"{metric}_std"] = statistics.pstdev(values)
+        summary["confusion"] = confusion
+        out[protocol] = summary
+    return out

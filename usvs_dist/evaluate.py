@@ -1,0 +1,174 @@
+"""`python -m usvs_dist.evaluate (--run RUN_ID | --checkpoint PATH) [--task T ...] [key=value ...]`.
+
+Scores a pretraining run's exported encoders on the downstream tasks (plane detection: linear
+probe and fine-tuning; gaze saliency; cross-modal retrieval) against randomly initialised
+encoders of the same architecture, prints the report and logs it to the evaluated MLflow run.
+Needs neither Ray nor DeepSpeed. Exit status 2 on bad arguments, 1 when a task cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from usvs_dist.config import ConfigError, from_dict, to_dict
+from usvs_dist.eval import report, tasks
+from usvs_dist.eval.clips import load_clips
+from usvs_dist.eval.encoders import RUN_FILE, Encoders, build_encoders, from_checkpoint, random_twin
+
+log = logging.getLogger("usvs_dist.evaluate")
+
+
+def _with_overrides(enc: Encoders, overrides: list[str]) -> Encoders:
+    """eval.* and data.* overrides on top of the run's config (the architecture stays the run's)."""
+    for item in overrides:
+        if not item.startswith(("eval.", "data.")):
+            raise ConfigError(f"override {item!r}: only eval.* and data.* can change at evaluation")
+    tree = OmegaConf.merge(OmegaConf.create(to_dict(enc.cfg)), OmegaConf.from_dotlist(overrides))
+    enc.cfg = from_dict(OmegaConf.to_container(tree))
+    return enc
+
+
+def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
+    """(encoders, MLflow tracking URI, run id) from --run or --checkpoint."""
+    import torch
+
+    from usvs_dist.config import load_config
+    from usvs_dist.tracking import download_run_files, resolve_uri
+
+    if args.run:
+        uri = resolve_uri(args.tracking_uri)
+        config, encoders = download_run_files(
+            uri, args.run, ["config/resolved.yaml", "encoders/encoders.pt"], tmp
+        )
+        state = torch.load(encoders, map_location="cpu", weights_only=True)
+        return build_encoders(load_config(config), state, f"MLflow run {args.run}"), uri, args.run
+    enc = from_checkpoint(args.checkpoint, args.config)
+    run_file = Path(enc.source).parent / RUN_FILE
+    if run_file.is_file():
+        run = json.loads(run_file.read_text())
+        return enc, run["tracking_uri"], run["mlflow_run_id"]
+    return enc, None, None
+
+
+def evaluate(enc: Encoders, location: str, which: list[str], protocols: tuple[str, ...], out: Path) -> dict:
+    """Run the tasks on the pretrained and the random encoders; returns metrics and written files."""
+    cfg = enc.cfg
+    random = random_twin(enc)
+    results: dict[str, dict[str, float]] = {"pretrained": {}, "random": {}}
+    sets, figures = {}, []
+    if {"planes", "saliency"} & set(which):
+        clips = load_clips(cfg.data, location, list(cfg.eval.plane_splits), cfg.eval.max_clips)
+        sets["planes/saliency"] = (
+            f"{len(clips)} clips of {len(set(clips.scan))} scans ({', '.join(cfg.eval.plane_splits)}), "
+            f"{cfg.eval.folds}-fold cross-validation by scan"
+        )
+        if "planes" in which:
+            for name, e in (("pretrained", enc), ("random", random)):
+                metrics, confusions = tasks.planes(e, clips, protocols)
+                results[name].update(metrics)
+                if name == "pretrained":
+                    for (modality, protocol), confusion in confusions.items():
+                        figures.append(
+                            report.confusion_figure(
+                                confusion,
+                                f"{modality} encoder, {protocol}",
+                                out / f"confusion_{modality}_{protocol}.png",
+                            )
+                        )
+        if "saliency" in which:
+            for name, e in (("pretrained", enc), ("random", random)):
+                metrics, examples = tasks.gaze_saliency(e, clips)
+                results[name].update(metrics)
+                if name == "pretrained" and examples is not None:
+                    rows, pred, truth = examples
+                    frames = clips.image[rows, 0]
+                    figures.append(report.saliency_figure(frames, pred, truth, out / "saliency_examples.png"))
+    if "retrieval" in which:
+        val = load_clips(cfg.data, location, [cfg.eval.retrieval_split], cfg.eval.max_clips)
+        sets["retrieval"] = f"{len(val)} clips of the {cfg.eval.retrieval_split} split"
+        for name, e in (("pretrained", enc), ("random", random)):
+            results[name].update(tasks.retrieval(e, val))
+    text = report.markdown(results["pretrained"], results["random"], enc.source, sets)
+    (out / "report.md").write_text(text)
+    return {
+        **results,
+        "gain": report.gains(results["pretrained"], results["random"]),
+        "report": text,
+        "files": [out / "report.md", *figures],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; see the module docstring."""
+    p = argparse.ArgumentParser(prog="python -m usvs_dist.evaluate", description=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="MLflow run id of a pretraining run")
+    src.add_argument("--checkpoint", help="a training checkpoint folder (or an encoders.pt with --config)")
+    p.add_argument("--config", help="the run's resolved config, when --checkpoint is a bare encoders.pt")
+    p.add_argument("--task", action="append", choices=tasks.TASKS, help="repeatable; default: all three")
+    p.add_argument(
+        "--protocol", action="append", choices=("linear", "finetune"), help="plane protocols; default both"
+    )
+    p.add_argument(
+        "--shards", help="shard folder or URL; default: the run's data.shards (or its phantom cache)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default="sqlite:///mlruns.db",
+        help="MLflow store of --run (MLFLOW_TRACKING_URI wins)",
+    )
+    p.add_argument("--out", default="eval_out", help="folder for report.md and figures")
+    p.add_argument("--no-log", action="store_true", help="do not log to the evaluated MLflow run")
+    p.add_argument("overrides", nargs="*", metavar="eval.key=value")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            enc, uri, run_id = _load(args, Path(tmp))
+        enc = _with_overrides(enc, args.overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    location = args.shards or enc.cfg.data.shards
+    if not location:
+        from usvs_dist.train.phantom_cache import ensure_phantom_shards  # the run trained on the phantom
+
+        location = str(ensure_phantom_shards(enc.cfg.phantom, log=print))
+    try:
+        result = evaluate(
+            enc, location, args.task or list(tasks.TASKS), tuple(args.protocol or ("linear", "finetune")), out
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(result["report"])
+    if run_id and not args.no_log:
+        from usvs_dist.tracking import MlflowTracker
+
+        tracker = MlflowTracker(uri, run_id)
+        tracker.log_metrics(
+            {
+                **{f"downstream/{k}": v for k, v in result["pretrained"].items()},
+                **{f"downstream_random/{k}": v for k, v in result["random"].items()},
+                **{f"downstream_gain/{k}": v for k, v in result["gain"].items()},
+            },
+            0,
+        )
+        for path in result["files"]:
+            tracker.log_artifact(path, "downstream")
+        tracker.close()
+        print(f"logged to MLflow run {run_id} at {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
