@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from sharding.build import BuildOptions, build
 from sharding.phantom import synthesize
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from usvs_dist.dist.collectives import free_port  # noqa: F401  (tests import it from here)
 
 PHANTOM = {"scans": 6, "seconds": 12.0, "seed": 3, "scans_per_patient": 2}
 SALT = b"test-salt-0123456789"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.dist_check import assert_two_ranks_match_one
+from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
 from usvs_dist.config import AnatomyConfig
 from usvs_dist.data import schema
 from usvs_dist.data.views import anatomy_labels
@@ -75,14 +75,9 @@ def test_few_sgd_steps_lower_the_loss():
     noise = 0.3 * torch.randn(16, 12, generator=g)
     labels = torch.arange(16) % 4
     f = torch.nn.Linear(12, 8)
-    opt = torch.optim.SGD(f.parameters(), lr=0.5)
-    losses = []
-    for _ in range(20):
-        loss, _ = anatomy_info_nce(f(x_in), f(x_in + noise), labels, TAU, 0.5)
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = sgd_losses(
+        lambda _: anatomy_info_nce(f(x_in), f(x_in + noise), labels, TAU, 0.5), f.parameters(), 20
+    )
     assert losses[-1] < 0.8 * losses[0]
 
 

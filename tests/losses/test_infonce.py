@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.dist_check import assert_two_ranks_match_one
+from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
 from usvs_dist.dist import collectives
 from usvs_dist.losses import info_nce
 
@@ -63,15 +63,8 @@ def test_few_sgd_steps_lower_the_loss():
     g = torch.Generator().manual_seed(2)
     x_in, y_in = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
     fx, fy = torch.nn.Linear(12, 8), torch.nn.Linear(12, 8)
-    opt = torch.optim.SGD([*fx.parameters(), *fy.parameters()], lr=0.5)
-    first = None
-    for _ in range(20):
-        loss = info_nce(fx(x_in), fy(y_in), TAU)
-        first = loss.item() if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.5 * first
+    losses = sgd_losses(lambda _: info_nce(fx(x_in), fy(y_in), TAU), [*fx.parameters(), *fy.parameters()], 20)
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def _masked_nce(x, y, labels):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.dist_check import assert_two_ranks_match_one
+from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
 from usvs_dist.data.views import order_permutations, order_views, rotation_views
 from usvs_dist.losses import pretext_classification
 
@@ -73,14 +73,7 @@ def test_few_sgd_steps_lower_the_loss():
     g = torch.Generator().manual_seed(3)
     x, target = torch.randn(32, 10, generator=g), torch.randint(0, 4, (32,), generator=g)
     head = torch.nn.Linear(10, 4)
-    opt = torch.optim.SGD(head.parameters(), lr=0.5)
-    losses = []
-    for _ in range(30):
-        loss, _ = pretext_classification(head(x), target)
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = sgd_losses(lambda _: pretext_classification(head(x), target), head.parameters(), 30)
     assert losses[-1] < 0.7 * losses[0]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.dist_check import assert_two_ranks_match_one
+from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
 from usvs_dist.config import SelfPacedConfig
 from usvs_dist.losses import admit_negatives, admitted_share, affinity, info_nce, self_paced_info_nce
 
@@ -103,15 +103,12 @@ def test_few_sgd_steps_lower_the_loss():
     g = torch.Generator().manual_seed(4)
     x_in, y_in = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
     fx, fy = torch.nn.Linear(12, 8), torch.nn.Linear(12, 8)
-    opt = torch.optim.SGD([*fx.parameters(), *fy.parameters()], lr=0.5)
     cfg = SelfPacedConfig()
-    losses = []
-    for step in range(20):
-        loss, _ = self_paced_info_nce(fx(x_in), fy(y_in), TAU, step / 40, cfg)
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = sgd_losses(
+        lambda step: self_paced_info_nce(fx(x_in), fy(y_in), TAU, step / 40, cfg),
+        [*fx.parameters(), *fy.parameters()],
+        20,
+    )
     assert losses[-1] < 0.5 * losses[0]
 
 

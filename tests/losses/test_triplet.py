@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.dist_check import assert_two_ranks_match_one
+from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
 from usvs_dist.losses import hardest_triplet
 
 MARGIN = 0.2
@@ -49,14 +49,9 @@ def test_few_sgd_steps_lower_the_loss():
     g = torch.Generator().manual_seed(2)
     x_in, y_in = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
     fx, fy = torch.nn.Linear(12, 8), torch.nn.Linear(12, 8)
-    opt = torch.optim.SGD([*fx.parameters(), *fy.parameters()], lr=0.5)
-    losses = []
-    for _ in range(30):
-        loss = hardest_triplet(fx(x_in), fy(y_in), MARGIN)
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = sgd_losses(
+        lambda _: hardest_triplet(fx(x_in), fy(y_in), MARGIN), [*fx.parameters(), *fy.parameters()], 30
+    )
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -23,10 +23,9 @@ import av
 import decord
 import numpy as np
 import torch
-import torchaudio
 
 from usvs_dist.config import DataConfig, load_config
-from usvs_dist.data.decode import frames_to_decode, read_wave, sample_frame_indices
+from usvs_dist.data.decode import frames_to_decode, mel_transform, read_wave, sample_frame_indices
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.shards import load_index, split_shards
 
@@ -45,17 +44,6 @@ def _clips(cfg: DataConfig, location: str, limit: int) -> list[bytes]:
     return out
 
 
-def _mel(cfg: DataConfig) -> torchaudio.transforms.MelSpectrogram:
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=cfg.sample_rate,
-        n_fft=cfg.n_fft,
-        hop_length=cfg.hop_length,
-        n_mels=cfg.n_mels,
-        f_min=cfg.f_min,
-        f_max=cfg.f_max,
-    )
-
-
 def raw_decord(cfg: DataConfig, clips: list[bytes]) -> float:
     """Clips/s of Decord alone on in-memory clips: the loader's Decord calls (T + 1 frames, the audio)."""
     rng = random.Random(0)
@@ -71,7 +59,7 @@ def raw_decord(cfg: DataConfig, clips: list[bytes]) -> float:
 
 def naive_pyav(cfg: DataConfig, clips: list[bytes]) -> float:
     """Clips/s of a per-file PyAV loader: decode every frame, pick T, resample audio, log-mel."""
-    mel = _mel(cfg)
+    mel = mel_transform(cfg)
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []

@@ -113,19 +113,11 @@ def measure(world: int, batch: int, dim: int, device: str, repeats: int) -> dict
         out = manager.dict()
         mp.start_processes(
             _worker,
-            args=(world, _free_port(), batch, dim, device, repeats, out),
+            args=(world, collectives.free_port(), batch, dim, device, repeats, out),
             nprocs=world,
             start_method="spawn",
         )
         return dict(out[0])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(world: int, batch: int, dim: int, device: str, repeats: int, print_fn=print) -> tuple[float, float]:

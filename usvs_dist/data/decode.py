@@ -45,6 +45,18 @@ def sample_frame_indices(n_frames: int, T: int, rng: random.Random | None) -> li
     return out
 
 
+def mel_transform(cfg: DataConfig) -> torchaudio.transforms.MelSpectrogram:
+    """torchaudio's mel spectrogram with the data config's rate, FFT, hop, bins and band."""
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels,
+        f_min=cfg.f_min,
+        f_max=cfg.f_max,
+    )
+
+
 def frames_to_decode(video: decord.VideoReader, indices: list[int]) -> tuple[list[int], int]:
     """(sorted distinct frames to ask Decord for, frames it decodes to get them).
 
@@ -134,14 +146,7 @@ class ClipDecoder:
     def _setup(self) -> None:
         info = torch.utils.data.get_worker_info()
         self.worker = info.id if info is not None else 0
-        self._mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=self.cfg.sample_rate,
-            n_fft=self.cfg.n_fft,
-            hop_length=self.cfg.hop_length,
-            n_mels=self.cfg.n_mels,
-            f_min=self.cfg.f_min,
-            f_max=self.cfg.f_max,
-        )
+        self._mel = mel_transform(self.cfg)
         self._ctx = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank)
 
     def log_mel(self, wave_BN: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as _fc
 import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.functional)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now (for rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def is_distributed() -> bool:

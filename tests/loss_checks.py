@@ -1,7 +1,8 @@
-"""Two gloo ranks against one process on the concatenated batch: the check every loss passes.
+"""Checks every loss passes (STYLE.md principle 6): a few SGD steps lower it, and two gloo ranks
+equal one process on the concatenated batch.
 
-Each rank holds B rows of every input; the first input goes through a shared linear layer so
-parameter gradients are compared too (averaged over ranks, as DeepSpeed and DDP do).
+In the gloo check each rank holds B rows of every input; the first input goes through a shared
+linear layer so parameter gradients are compared too (averaged over ranks, as DeepSpeed does).
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ from tests.conftest import free_port
 
 LossFn = Callable[..., torch.Tensor | tuple]
 """loss_fn(first_projected_BD, *other_inputs_B..., labels_B or None) -> loss or (loss, extras)."""
+
+
+def sgd_losses(
+    loss_at: Callable[[int], torch.Tensor | tuple], params, steps: int, lr: float = 0.5
+) -> list[float]:
+    """The loss at each of `steps` plain SGD steps on `params`; loss_at(step) builds the loss."""
+    opt = torch.optim.SGD(list(params), lr=lr)
+    losses = []
+    for step in range(steps):
+        loss = _scalar(loss_at(step))
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return losses
 
 
 def _scalar(out) -> torch.Tensor:
