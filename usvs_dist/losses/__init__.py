@@ -10,6 +10,7 @@ from usvs_dist.losses.recipes import (
     Term,
     check_objective,
     objective_parts,
+    recipe_reads,
     total_loss,
 )
 from usvs_dist.losses.selfpaced import admit_negatives, admitted_share, affinity, self_paced_info_nce
@@ -30,6 +31,7 @@ __all__ = [
     "info_nce",
     "objective_parts",
     "pretext_classification",
+    "recipe_reads",
     "self_paced_info_nce",
     "total_loss",
 ]

@@ -200,3 +200,30 @@ def total_loss(parts: Tensors) -> torch.Tensor:
     if not terms:
         raise ValueError(f"objective returned no *_loss part (got {sorted(parts)})")
     return torch.stack(terms).sum()
+
+
+_NCE_TERMS = frozenset({"va_nce", "vi_nce", "v_va_nce", "v_vi_nce", "va_selfpaced_nce", "anatomy_nce"})
+_KEYS_READ_BY = {
+    "objective.temperature": _NCE_TERMS,
+    "objective.symmetric": _NCE_TERMS - {"anatomy_nce"},
+    "objective.margin": frozenset({"va_triplet", "vi_triplet"}),
+    "objective.self_paced.": frozenset({"va_selfpaced_nce"}),
+    "objective.pretext.": frozenset({"order_ce", "rotation_ce"}),
+    "objective.anatomy.": frozenset({"anatomy_nce"}),
+}
+
+
+def recipe_reads(cfg: ObjectiveConfig, key: str) -> bool:
+    """Whether config key `key` (e.g. objective.pi) changes the recipe's loss; True outside objective.*."""
+    if not key.startswith("objective."):
+        return True
+    parts = RECIPES[cfg.recipe](cfg)
+    terms = {term for _, group in parts for term, _ in group}
+    if key == "objective.pi":
+        return cfg.recipe == "dual2024"
+    if key.startswith("objective.weights."):
+        return key.removeprefix("objective.weights.") in {name for name, _ in parts}
+    for prefix, readers in _KEYS_READ_BY.items():
+        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
+            return bool(readers & terms)
+    return True

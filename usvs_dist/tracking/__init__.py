@@ -9,6 +9,7 @@ from usvs_dist.tracking.mlflow_tracker import (
     MlflowTracker,
     download_run_files,
     finish_run,
+    mark_stopped_trials,
     open_run,
     resolve_uri,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Tracker",
     "download_run_files",
     "finish_run",
+    "mark_stopped_trials",
     "loss_curves",
     "open_run",
     "resolve_uri",

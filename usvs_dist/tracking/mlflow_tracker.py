@@ -71,6 +71,21 @@ def finish_run(uri: str, run_id: str, ok: bool) -> None:
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, str(exc).splitlines()[0])
 
 
+def mark_stopped_trials(uri: str, parent_run_id: str, trial_ids: list[str]) -> None:
+    """Tag the child runs of trials a scheduler stopped (`usvs.stopped_early`) and close any left RUNNING."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
+    for run in children:
+        if run.data.tags.get("usvs.trial") not in trial_ids:
+            continue
+        client.set_tag(run.info.run_id, "usvs.stopped_early", "true")
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
 def download_run_files(uri: str, run_id: str, paths: list[str], dest: str | Path) -> list[Path]:
     """Local copies of a run's artifacts (e.g. config/resolved.yaml); an error names a missing one."""
     client = MlflowClient(uri)

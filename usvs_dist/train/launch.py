@@ -101,8 +101,12 @@ def _warn_about_job_working_dir(cfg: RootConfig) -> None:
         )
 
 
-def run(cfg: RootConfig, log_fn=print) -> RunResult:
-    """One pretraining run end to end; raises on failure after marking the MLflow run FAILED."""
+def run(cfg: RootConfig, log_fn=print, callbacks: list | None = None, tags: dict | None = None) -> RunResult:
+    """One pretraining run end to end; raises on failure after marking the MLflow run FAILED.
+
+    `callbacks` go to Ray Train's RunConfig (a Tune trial passes TuneReportCallback); `tags` are
+    added to the MLflow run (a sweep's trials carry mlflow.parentRunId).
+    """
     needs = check_config(cfg)
     _warn_about_job_working_dir(cfg)
     if cfg.data.shards:
@@ -129,6 +133,7 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
             "recipe": cfg.objective.recipe,
             "shard_index_sha256": index_sha256(shards),
             "git_commit": _git_commit(),
+            **(tags or {}),
         },
     )
     driver_tracker = MlflowTracker(uri, run_id)
@@ -164,6 +169,7 @@ def run(cfg: RootConfig, log_fn=print) -> RunResult:
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks,
         ),
     )
     try:

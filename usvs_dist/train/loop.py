@@ -250,19 +250,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     },
                     state.step,
                 )
+            evaluated: dict[str, float] = {}
             if cfg.eval.every and (state.step % cfg.eval.every == 0 or last):
                 # Every rank enters: under ZeRO-3 gathering the parameters is a collective.
                 with gathered_params(model, cfg.train.zero_stage):
                     if periodic is not None:
-                        tracker.log_metrics(periodic(model), state.step)
+                        evaluated = periodic(model)
+                        tracker.log_metrics(evaluated, state.step)
                 tick = time.perf_counter()  # evaluating is not a training step
-            if state.step % cfg.train.checkpoint_every == 0 or last:
-                report = {"step": state.step, "loss": window["loss"].item()}
-                run = {
-                    "mlflow_run_id": loop_config["mlflow_run_id"],
-                    "tracking_uri": loop_config["tracking_uri"],
+            checkpointing = state.step % cfg.train.checkpoint_every == 0 or last
+            if checkpointing or evaluated or (cfg.eval.every and state.step % cfg.eval.every == 0):
+                # Rank 0's report is what a Tune trial sees (its scheduler compares trials on it).
+                report = {
+                    "step": state.step,
+                    "loss": collectives.all_reduce_mean(window["loss"]).item(),
+                    **evaluated,
                 }
-                _save_and_report(engine, model, state, cfg, report, rank, progress.state(), run)
+                if checkpointing:
+                    run = {
+                        "mlflow_run_id": loop_config["mlflow_run_id"],
+                        "tracking_uri": loop_config["tracking_uri"],
+                    }
+                    _save_and_report(engine, model, state, cfg, report, rank, progress.state(), run)
+                else:
+                    ray.train.report(report)  # every rank reports, the same number of times
                 tick = time.perf_counter()  # saving is not a training step
             window = {}
             if last:

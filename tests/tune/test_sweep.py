@@ -1,0 +1,204 @@
+"""Sweeps: bad sweep files fail before any trial; a 3-trial sweep nests its runs in MLflow, ASHA
+stops the trials it should, --resume reruns nothing, and compare prints the table."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.train.runner import TINY, entry_env
+from usvs_dist.config import ConfigError
+from usvs_dist.tune.space import load_sweep
+
+
+def _base(shards) -> dict:
+    tree: dict = {}
+    for item in [f"data.shards={shards}", *TINY]:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        tree.setdefault(section, {})[name] = yaml.safe_load(value)
+    return tree
+
+
+def _write(path, sweep: dict, base: dict):
+    path.write_text(yaml.safe_dump({"sweep": sweep, "base": base}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        (
+            {"objective.tau": {"type": "uniform", "low": 0.1, "high": 0.2}},
+            "objective.tau is not a config key",
+        ),
+        (
+            {"objective.temperature": {"type": "uniform", "low": 0.2, "high": 0.2}},
+            r"the range \[0.2, 0.2\] is empty",
+        ),
+        ({"objective.temperature": {"type": "choice", "values": []}}, "needs a non-empty list"),
+        (
+            {"objective.pi": {"type": "uniform", "low": 0.1, "high": 0.9}},
+            "recipe 'usvs2020' does not use objective.pi",
+        ),
+        ({"objective.margin": {"type": "choice", "values": [0.1]}}, "does not use objective.margin"),
+    ],
+)
+def test_bad_search_spaces_are_refused_naming_the_parameter(space, message, tmp_path):
+    path = _write(tmp_path / "s.yaml", {"space": space}, {})
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+
+
+def test_a_bad_sweep_exits_2_before_any_trial(tmp_path):
+    path = _write(
+        tmp_path / "s.yaml", {"space": {"objective.pi": {"type": "uniform", "low": 0, "high": 1}}}, {}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "usvs_dist.tune", "--config", str(path)],
+        cwd=tmp_path,
+        env=entry_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "does not use objective.pi" in proc.stderr
+
+
+def _tune(path, cwd, *extra) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "usvs_dist.tune",
+            "--config",
+            str(path),
+            "--storage",
+            str(cwd / "tune"),
+            *extra,
+        ],
+        cwd=cwd,
+        env=entry_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_three_trial_sweep_nests_runs_stops_early_resumes_and_compares(phantom_shards, tmp_path):
+    base = _base(phantom_shards)
+    base["train"] = {
+        "num_workers": 1,
+        "steps": 4,
+        "checkpoint_every": 4,
+        "storage_path": str(tmp_path / "runs"),
+    }
+    base["eval"] = {"every": 2, "subset": 8}
+    base["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlruns.db'}", "system_metrics": False}
+    # Constructed for ASHA: at tau = 1 the InfoNCE loss is near log N, at tau = 0.03 random
+    # embeddings give a far larger one, so the two later trials lose at the first rung (step 2).
+    sweep = {
+        "name": "sweep-test",
+        "search": "grid",
+        "metric": "loss",
+        "mode": "min",
+        "max_concurrent_trials": 1,
+        "asha": {"grace_period": 2, "reduction_factor": 2},
+        "space": {"objective.temperature": {"type": "grid", "values": [1.0, 0.03, 0.031]}},
+    }
+    path = _write(tmp_path / "sweep.yaml", sweep, base)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+
+    # Interrupt the sweep (Ctrl-C) when its third trial starts (the first has finished, ASHA has
+    # judged the second), then --resume it: done trials must not run again.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "usvs_dist.tune", "--config", str(path), "--storage", str(tmp_path / "tune")],
+        cwd=tmp_path,
+        env=entry_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    trials: list = []
+    while time.monotonic() < deadline and first.poll() is None and len(trials) < 3:
+        time.sleep(1)
+        exp = client.get_experiment_by_name("usvs_dist")
+        if exp is not None:
+            trials = client.search_runs([exp.experiment_id], "tags.`usvs.sweep` = 'sweep-test'")
+            trials = [r for r in trials if "usvs.trial" in r.data.tags]
+    assert len(trials) == 3, "the third trial did not start before the deadline"
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=300)
+    before = {
+        r.info.run_id: [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
+        for r in sorted(trials, key=lambda r: r.data.tags["usvs.trial"])[:2]
+    }
+    out = _tune(path, tmp_path, "--resume").stdout
+
+    exp = client.get_experiment_by_name("usvs_dist")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "sweep-test")
+    assert parent.info.run_id in out and parent.data.params["search"] == "grid"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(float(c.data.params["objective.temperature"]) for c in children) == [0.03, 0.031, 1.0]
+    history = {
+        c.info.run_id: [m.step for m in client.get_metric_history(c.info.run_id, "loss")] for c in children
+    }
+    for run_id, steps in before.items():
+        assert history[run_id] == steps  # done before the interruption: not run again
+    # ASHA stopped at least one of the small-tau trials at the first rung (Tune's last report
+    # of it is step 2); its MLflow run is tagged so.
+    best = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "best_trial.json", str(tmp_path))).read_text()
+    )
+    last = {t["params"]["objective.temperature"]: t["last_step"] for t in best["trials"]}
+    assert last[1.0] == 4 and min(last[0.03], last[0.031]) == 2 and best["stopped_early"] >= 1
+    tagged = client.search_runs([exp.experiment_id], "tags.`usvs.stopped_early` = 'true'")
+    assert len(tagged) == best["stopped_early"]
+    assert all(float(c.data.params["objective.temperature"]) < 1 for c in tagged)
+    assert client.get_run(parent.info.run_id).data.metrics["best/loss"] > 0
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "config")} >= {"config/best.yaml"}
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "usvs_dist.compare",
+            "--parent",
+            parent.info.run_id,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlruns.db'}",
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+        cwd=tmp_path,
+        env=entry_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "objective.temperature" in proc.stdout.splitlines()[0] and len(proc.stdout.splitlines()) >= 4
+    assert (tmp_path / "cmp" / "runs.csv").is_file()
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert "compare/runs.csv" in logged and "compare/loss_curves_top.png" in logged
+
+
+@pytest.mark.parametrize("recipe", ["usvs2020", "dual2024"])
+def test_shipped_sweep_files_validate(recipe):
+    from tests.train.runner import REPO
+
+    sweep = load_sweep(REPO / "configs" / f"sweep_{recipe}.yaml")
+    assert sweep.base.objective.recipe == recipe and sweep.metric == "eval/retrieval/v2a_r1"
+    assert "objective.temperature" in sweep.space

@@ -1,0 +1,38 @@
+"""`python -m usvs_dist.tune --config configs/sweep_<recipe>.yaml [--resume] [--storage DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from usvs_dist.config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the sweep (exit 2 naming the key), then run or resume it."""
+    p = argparse.ArgumentParser(prog="python -m usvs_dist.tune", description=__doc__)
+    p.add_argument("--config", required=True, help="sweep file: sweep + base sections")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    p.add_argument("--storage", default="ray_results", help="where Tune keeps the sweep's state")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from usvs_dist.tune.space import load_sweep
+
+    try:
+        sweep = load_sweep(args.config)
+        from usvs_dist.train.launch import check_config
+
+        check_config(sweep.base)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from usvs_dist.tune.sweep import run_sweep
+
+    result = run_sweep(sweep, args.storage, resume=args.resume)
+    print(f"MLflow parent run id: {result['parent_run_id']}")
+    return 0 if not result["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
