@@ -46,6 +46,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("manifest", type=Path)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--clip-seconds", type=float, default=2.0)
+    b.add_argument(
+        "--stride-seconds",
+        type=float,
+        default=0.0,
+        help="start-to-start distance of clips (0: the clip length)",
+    )
+    b.add_argument(
+        "--min-speech-ratio",
+        type=float,
+        default=0.0,
+        help="drop clips with less narration (share of 20 ms frames)",
+    )
     b.add_argument("--fps", type=float, default=8.0, help="frame rate stored in the clips")
     b.add_argument("--size", type=int, default=64, help="frame side stored in the clips (letterboxed)")
     b.add_argument(
@@ -87,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             opts = BuildOptions(
                 clip_seconds=args.clip_seconds,
+                stride_seconds=args.stride_seconds,
+                min_speech_ratio=args.min_speech_ratio,
                 fps=args.fps,
                 size=args.size,
                 split_fractions=args.split,

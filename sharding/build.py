@@ -41,6 +41,10 @@ class BuildOptions:
     """What `sharding build` was asked to do."""
 
     clip_seconds: float = 2.0
+    stride_seconds: float = 0.0
+    """Start-to-start distance of clips; 0: clip_seconds (no overlap, no gap)."""
+    min_speech_ratio: float = 0.0
+    """Clips whose speech ratio is below this are not written (counted in index.json)."""
     fps: float = 8.0
     size: int = 64
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -52,6 +56,12 @@ class BuildOptions:
         """Raise BuildError naming the first invalid option."""
         if self.clip_seconds <= 0:
             raise BuildError(f"--clip-seconds must be > 0, got {self.clip_seconds}")
+        if self.stride_seconds < 0:
+            raise BuildError(
+                f"--stride-seconds must be > 0 (or 0: the clip length), got {self.stride_seconds}"
+            )
+        if not 0.0 <= self.min_speech_ratio <= 1.0:
+            raise BuildError(f"--min-speech-ratio must be in [0, 1], got {self.min_speech_ratio}")
         if not 1 <= self.fps <= 120:
             raise BuildError(f"--fps must be in [1, 120], got {self.fps}")
         if self.size < 16 or self.size % 2:
@@ -167,7 +177,7 @@ class Clip:
 
 
 def cut_scan(row: ScanRow, scan_hash: str, patient_hash: str, opts: BuildOptions) -> tuple[list[Clip], float]:
-    """All whole clips of one scan, and the seconds of tail too short for a clip."""
+    """All whole clips of one scan (every stride_seconds), and the seconds after the last one."""
     track = read_video(row.video, opts.fps, opts.size)
     audio = read_audio(row.audio or row.video, schema.AUDIO_RATE)
     if audio is None:
@@ -175,10 +185,13 @@ def cut_scan(row: ScanRow, scan_hash: str, patient_hash: str, opts: BuildOptions
     labels = read_labels(row.labels, track.source_frames) if row.labels else None
     gaze = read_gaze(row.gaze, track.source_frames) if row.gaze else None
     per_clip = round(opts.clip_seconds * opts.fps)
+    step = max(1, round((opts.stride_seconds or opts.clip_seconds) * opts.fps))
     samples = round(opts.clip_seconds * schema.AUDIO_RATE)
     n_frames = len(track.frames_THW)
     clips: list[Clip] = []
-    for j0 in range(0, n_frames - per_clip + 1, per_clip):
+    end = 0
+    for j0 in range(0, n_frames - per_clip + 1, step):
+        end = j0 + per_clip
         t0 = j0 / opts.fps
         t1 = t0 + opts.clip_seconds
         a0 = round(t0 * schema.AUDIO_RATE)
@@ -205,7 +218,7 @@ def cut_scan(row: ScanRow, scan_hash: str, patient_hash: str, opts: BuildOptions
             track.frames_THW[j0 : j0 + per_clip], opts.fps, clip_audio, schema.AUDIO_RATE, crf=opts.crf
         )
         clips.append(Clip(schema.sample_key(scan_hash, t0), mp4, meta))
-    tail = n_frames / opts.fps - len(clips) * opts.clip_seconds
+    tail = (n_frames - end) / opts.fps
     return clips, tail
 
 
@@ -292,6 +305,7 @@ def build(manifest: Path, out: Path, salt_file: Path | None, opts: BuildOptions,
     patients: dict[str, set[str]] = {s: set() for s in schema.SPLITS}
     scans = {s: 0 for s in schema.SPLITS}
     ratios: list[float] = []
+    cut_ratios: list[float] = []
     errors: list[dict] = []
     labelled = 0
     tail_seconds = 0.0
@@ -308,6 +322,9 @@ def build(manifest: Path, out: Path, salt_file: Path | None, opts: BuildOptions,
             errors.append({"manifest_line": row.row, "scan": scan_hash, "reason": str(exc)})
             continue
         for clip in clips:
+            cut_ratios.append(clip.meta[schema.META_SPEECH_RATIO])
+            if clip.meta[schema.META_SPEECH_RATIO] < opts.min_speech_ratio:
+                continue  # counted: the index keeps the histogram of every clip cut
             writers[split].write(clip, opts.clip_seconds)
             ratios.append(clip.meta[schema.META_SPEECH_RATIO])
             labelled += schema.META_LABELS in clip.meta
@@ -320,10 +337,13 @@ def build(manifest: Path, out: Path, salt_file: Path | None, opts: BuildOptions,
         w.close()
     shards = sorted((s for w in writers.values() for s in w.shards), key=lambda s: s["name"])
     hist, _ = np.histogram(ratios, bins=SPEECH_HIST_EDGES)
+    hist_cut, _ = np.histogram(cut_ratios, bins=SPEECH_HIST_EDGES)
     index = {
         "format_version": schema.FORMAT_VERSION,
         "tool_version": __version__,
         "clip_seconds": opts.clip_seconds,
+        "stride_seconds": opts.stride_seconds or opts.clip_seconds,
+        "min_speech_ratio": opts.min_speech_ratio,
         "fps": opts.fps,
         "size": [opts.size, opts.size],
         "audio_rate": schema.AUDIO_RATE,
@@ -343,8 +363,11 @@ def build(manifest: Path, out: Path, salt_file: Path | None, opts: BuildOptions,
             "scans": sum(scans.values()),
             "failed_scans": len(errors),
             "tail_seconds_dropped": round(tail_seconds, 3),
+            "clips_below_min_speech": len(cut_ratios) - len(ratios),
         },
         "speech_ratio_histogram": {"edges": SPEECH_HIST_EDGES, "counts": hist.tolist()},
+        # Every clip cut, before --min-speech-ratio: what the filter saw.
+        "speech_ratio_histogram_cut": {"edges": SPEECH_HIST_EDGES, "counts": hist_cut.tolist()},
         "labels": {"vocabulary": list(schema.PLANES), "clips_with_labels": labelled},
         "errors": errors,
     }

@@ -219,3 +219,45 @@ def test_inspect_verify_catches_a_changed_shard(phantom_raw, salt_file, tmp_path
     data[2000] ^= 0xFF  # inside the first member, not the tar's zero padding
     shard.write_bytes(bytes(data))
     assert shard_main(["inspect", str(out), "--verify"]) == 1
+
+
+def test_stride_cuts_overlapping_clips(phantom_raw, salt_file, tmp_path):
+    opts = BuildOptions(clip_seconds=2.0, stride_seconds=1.0, fps=8.0, size=32, shard_clips=50)
+    index = build(phantom_raw, tmp_path, salt_file, opts, log=lambda *_: None)
+    # 12 s scans: clips start at 0, 1, ..., 10 s.
+    assert index["totals"]["clips"] == PHANTOM["scans"] * 11 and index["stride_seconds"] == 1.0
+    starts: dict[str, list[float]] = {}
+    for _, meta, _ in all_clips(tmp_path):
+        starts.setdefault(meta["scan"], []).append(meta["t0"])
+        assert meta["t1"] - meta["t0"] == 2.0
+    assert all(sorted(t) == [float(k) for k in range(11)] for t in starts.values())
+    assert index["totals"]["tail_seconds_dropped"] == 0.0
+
+
+def test_min_speech_ratio_drops_quiet_clips_and_reports_them(phantom_raw, salt_file, tmp_path):
+    opts = BuildOptions(clip_seconds=2.0, fps=8.0, size=32, shard_clips=50, min_speech_ratio=0.5)
+    index = build(phantom_raw, tmp_path, salt_file, opts, log=lambda *_: None)
+    kept = all_clips(tmp_path)
+    dropped = index["totals"]["clips_below_min_speech"]
+    assert dropped > 0 and len(kept) == index["totals"]["clips"] and len(kept) + dropped == 36
+    assert all(meta["speech_ratio"] >= 0.5 for _, meta, _ in kept)
+    assert sum(index["speech_ratio_histogram"]["counts"]) == len(kept)
+    assert sum(index["speech_ratio_histogram_cut"]["counts"]) == 36 and index["min_speech_ratio"] == 0.5
+
+
+def test_bad_stride_or_speech_ratio_is_refused(phantom_raw, salt_file, tmp_path, capsys):
+    for flag, value in (("--stride-seconds", "-1"), ("--min-speech-ratio", "1.5")):
+        code = shard_main(
+            [
+                "build",
+                str(phantom_raw),
+                "--out",
+                str(tmp_path / "o"),
+                "--salt-file",
+                str(salt_file),
+                flag,
+                value,
+            ]
+        )
+        assert code == 2 and flag in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
