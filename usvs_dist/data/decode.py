@@ -86,6 +86,19 @@ def read_wave(data: bytes, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(samples.reshape(-1))
 
 
+class TarErrors:
+    """webdataset handler: a tar error is logged and counted as a bad sample of `decoder`, then skipped."""
+
+    def __init__(self, decoder: ClipDecoder):
+        self.decoder = decoder
+
+    def __call__(self, exc: Exception) -> bool:
+        where = next((a for a in reversed(exc.args) if isinstance(a, str) and ".tar" in a), "?")
+        self.decoder.seen += 1
+        self.decoder.count_bad(f"unreadable tar data ({str(exc.args[0]).splitlines()[0]})", "?", where)
+        return True
+
+
 @dataclass
 class DecodeContext:
     """Where Decord decodes; resolved once per loader worker."""

@@ -163,6 +163,11 @@ def _unit_samples(
         fileobj.close()
 
 
+def shard_samples(shard: Shard, handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """Every sample of one shard, in order (errors go to `handler`)."""
+    return _unit_samples(shard, Unit(0, 0, 1, shard.clips), 0, handler)
+
+
 def read_stream(
     shards: list[Shard],
     units: tuple[Unit, ...],

@@ -16,26 +16,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from usvs_dist.config.schema import DataConfig
-from usvs_dist.data.decode import ClipDecoder, resolve_decode_context
+from usvs_dist.data.decode import ClipDecoder, TarErrors, resolve_decode_context
 from usvs_dist.data.epoch import EpochPlan, plan_epoch, read_order, read_stream
 from usvs_dist.data.shards import Shard, load_index, split_shards
 
 log = logging.getLogger(__name__)
 Positions = dict[int, tuple[int, int]]
 """Loader state of one rank: worker -> (clips read from its stream, batches it yielded)."""
-
-
-class _TarErrors:
-    """webdataset handler: a tar-level error is logged and counted as a bad sample, then skipped."""
-
-    def __init__(self, decoder: ClipDecoder):
-        self.decoder = decoder
-
-    def __call__(self, exc: Exception) -> bool:
-        where = next((a for a in reversed(exc.args) if isinstance(a, str) and ".tar" in a), "?")
-        self.decoder.seen += 1
-        self.decoder.count_bad(f"unreadable tar data ({str(exc.args[0]).splitlines()[0]})", "?", where)
-        return True
 
 
 class RankEpoch(IterableDataset):
@@ -76,7 +63,7 @@ class RankEpoch(IterableDataset):
         #    its units; their interleaved order is a function of (seed, epoch, stream).
         order = read_order(units, self.cfg.interleave, f"{self.cfg.seed}-{self.plan.epoch}-{stream}")
         # 2. Tar -> samples from the position on; tar errors are logged, counted, skipped.
-        samples = read_stream(self.shards, units, order, start, _TarErrors(decoder))
+        samples = read_stream(self.shards, units, order, start, TarErrors(decoder))
         # 3. Decord decode, frame sampling, image frame, augmentation; bad samples counted.
         decoded = _decode(samples, decoder)
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import webdataset as wds
 from torch.utils.data import default_collate
 
 from usvs_dist.config.schema import DataConfig
-from usvs_dist.data.decode import ClipDecoder
-from usvs_dist.data.shards import load_index, open_shard, split_shards
+from usvs_dist.data.decode import ClipDecoder, TarErrors
+from usvs_dist.data.epoch import shard_samples
+from usvs_dist.data.shards import load_index, split_shards
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,12 @@ def load_clips(cfg: DataConfig, location: str | Path, splits: list[str], max_cli
     decoder = ClipDecoder(cfg, float(index["clip_seconds"]), rank=0, train=False)
     decoded: list[dict] = []
 
-    def handler(exc: Exception) -> bool:
-        decoder.seen += 1
-        decoder.count_bad(f"unreadable tar data ({str(exc.args[0]).splitlines()[0]})", "?", "?")
-        return True
-
+    handler = TarErrors(decoder)
     for split in splits:
         if not any(s["split"] == split and s["clips"] > 0 for s in index["shards"]):
             continue
         for shard in split_shards(location, index, split):
-            files = wds.tariterators.tar_file_expander(
-                [{"url": shard.url, "stream": open_shard(shard.url)}], handler=handler
-            )
-            for sample in wds.tariterators.group_by_keys(files, handler=handler):
+            for sample in shard_samples(shard, handler):
                 out = decoder(sample)
                 if out is not None:
                     decoded.append(out)

@@ -18,8 +18,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from usvs_dist.config import flatten, to_dict, to_yaml
-from usvs_dist.config.load import from_dict
+from usvs_dist.config import from_dict, to_dict, to_yaml
 from usvs_dist.tracking import MlflowTracker, finish_run, mark_stopped_trials, open_run, resolve_uri
 from usvs_dist.train.launch import run as train_run
 from usvs_dist.train.phantom_cache import ensure_phantom_shards
@@ -129,7 +128,7 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
     mark_stopped_trials(uri, parent, [t["trial_id"] for t in stopped])
     best_value = best.metrics.get(sweep.metric) if best.metrics else None
     summary = {
-        "params": {k: v for k, v in (best.config or {}).items()},
+        "params": dict(best.config or {}),
         "metric": sweep.metric,
         "value": best_value,
         "errors": len(results.errors),
@@ -144,4 +143,4 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
     print_fn(
         f"sweep {sweep.name}: best {sweep.metric}={best_value} with {summary['params']} (MLflow run {parent})"
     )
-    return {**summary, "parent_run_id": parent, "tracking_uri": uri, "flat_base": flatten(base)}
+    return {**summary, "parent_run_id": parent, "tracking_uri": uri}
