@@ -6,10 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from sharding.build import BuildError, BuildOptions, build
+from sharding import bench
+from sharding.build import BuildError, BuildOptions, Execution, ShardWriteError, build
 from sharding.inspect import inspect
 from sharding.manifest import ManifestError
 from sharding.phantom import synthesize
+from sharding.runners import ray_address
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -42,9 +44,39 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--scans-per-patient", type=int, default=1)
 
-    b = sub.add_parser("build", help="cut clips and write shards with index.json")
+    b = sub.add_parser(
+        "build", help="cut clips and write shards with index.json (resumes an interrupted build)"
+    )
     b.add_argument("manifest", type=Path)
     b.add_argument("--out", type=Path, required=True)
+    _clip_arguments(b)
+    b.add_argument(
+        "--salt-file",
+        type=Path,
+        default=None,
+        help="file holding the de-identification salt (else $USVS_SHARD_SALT)",
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    b.add_argument("--allow-failures", action="store_true", help="exit 0 even when some scans failed")
+    b.add_argument(
+        "--ray-address",
+        default=None,
+        help="cut scans as Ray tasks on this cluster ('auto', an address, or 'local'); "
+        "default $RAY_ADDRESS, which `ray job submit` sets, else local processes",
+    )
+    b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    i = sub.add_parser("inspect", help="print the index summary and decode samples")
+    i.add_argument("folder", type=Path)
+    i.add_argument("--verify", action="store_true", help="re-hash every shard and decode one sample of each")
+
+    n = sub.add_parser("bench", help="scan-seconds sharded per core-second, build against a naive cutter")
+    n.add_argument("manifest", type=Path)
+    _clip_arguments(n)
+    return p
+
+
+def _clip_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--clip-seconds", type=float, default=2.0)
     b.add_argument(
         "--stride-seconds",
@@ -65,22 +97,27 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--shard-clips", type=int, default=200, help="clips per shard")
     b.add_argument(
-        "--salt-file",
-        type=Path,
-        default=None,
-        help="file holding the de-identification salt (else $USVS_SHARD_SALT)",
+        "--workers", type=int, default=1, help="local processes cutting scans (or Ray tasks in flight)"
     )
-    b.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
-    b.add_argument("--allow-failures", action="store_true", help="exit 0 even when some scans failed")
 
-    i = sub.add_parser("inspect", help="print the index summary and decode samples")
-    i.add_argument("folder", type=Path)
-    i.add_argument("--verify", action="store_true", help="re-hash every shard and decode one sample of each")
-    return p
+
+def _options(args: argparse.Namespace) -> BuildOptions:
+    opts = BuildOptions(
+        clip_seconds=args.clip_seconds,
+        stride_seconds=args.stride_seconds,
+        min_speech_ratio=args.min_speech_ratio,
+        fps=args.fps,
+        size=args.size,
+        split_fractions=args.split,
+        shard_clips=args.shard_clips,
+        overwrite=getattr(args, "overwrite", False),
+    )
+    opts.validate()
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; exit status 2 on bad input, 1 on scans or shards that failed."""
+    """Run one subcommand; exit status 2 on bad input, 1 on scans, shard writes or checks that failed."""
     args = parser().parse_args(argv)
     try:
         if args.command == "synth":
@@ -97,28 +134,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {manifest}")
             return 0
         if args.command == "build":
-            opts = BuildOptions(
-                clip_seconds=args.clip_seconds,
-                stride_seconds=args.stride_seconds,
-                min_speech_ratio=args.min_speech_ratio,
-                fps=args.fps,
-                size=args.size,
-                split_fractions=args.split,
-                shard_clips=args.shard_clips,
-                overwrite=args.overwrite,
+            execution = Execution(
+                workers=args.workers, ray_address=ray_address(args.ray_address), progress=not args.no_progress
             )
-            opts.validate()
-            index = build(args.manifest, args.out, args.salt_file, opts)
+            index = build(args.manifest, args.out, args.salt_file, _options(args), execution=execution)
             totals = index["totals"]
             print(
                 f"wrote {len(index['shards'])} shards, {totals['clips']} clips to {args.out} "
                 f"({totals['failed_scans']} scans failed)"
             )
             return 1 if totals["failed_scans"] and not args.allow_failures else 0
+        if args.command == "bench":
+            bench.run(args.manifest, _options(args), args.workers)
+            return 0
         return 1 if inspect(args.folder, verify=args.verify) else 0
     except (ManifestError, BuildError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ShardWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,36 +4,41 @@ Each clip is transcoded at build time to the stored fps and size with its narrat
 mono) as an audio stream of the same mp4, so one Decord reader gives both and training decodes
 little more than it uses. Identifiers are replaced by salted hashes before anything is written;
 no source path or container tag reaches a shard or the index.
+
+Scans are cut in this process, on `workers` local processes or as Ray tasks (sharding.runners);
+the results are written here, in manifest order, so the shards do not depend on how many
+workers cut them. A journal of finished shards lets an interrupted build resume (sharding.writer).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
-import os
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
+from tqdm import tqdm
 
+from sharding.cut import ClipOptions, ScanTask, cut_scan
+from sharding.deid import SaltError, assign_split, hash_id, read_salt
 from sharding.manifest import ScanRow, read_manifest
-from sharding.media import MediaError, encode_mp4, read_audio, read_video
+from sharding.runners import describe, make_runner
+from sharding.writer import JOURNAL_NAME, Journal, Resumed, SplitShards, verify_journal, write_atomic
 from usvs_dist import __version__
 from usvs_dist.data import schema
 
-SALT_ENV = "USVS_SHARD_SALT"
-VAD_FRAME_SECONDS = 0.02
-VAD_THRESHOLD_DBFS = -40.0
 SPEECH_HIST_EDGES = [round(x, 1) for x in np.linspace(0.0, 1.0, 11)]
 
 
 class BuildError(ValueError):
     """The build cannot start (bad arguments, salt, or output folder)."""
+
+
+class ShardWriteError(RuntimeError):
+    """Writing a shard failed (disk full, I/O error); complete shards stay for a resume."""
 
 
 @dataclass(frozen=True)
@@ -77,268 +82,237 @@ class BuildOptions:
         if self.shard_clips < 1:
             raise BuildError(f"--shard-clips must be >= 1, got {self.shard_clips}")
 
-
-def read_salt(salt_file: Path | None) -> bytes:
-    """The de-identification salt from a file or $USVS_SHARD_SALT; never written anywhere."""
-    if salt_file is not None:
-        if not salt_file.is_file():
-            raise BuildError(f"salt file {salt_file} does not exist")
-        salt = salt_file.read_bytes().strip()
-    else:
-        salt = os.environ.get(SALT_ENV, "").encode()
-    if len(salt) < 8:
-        raise BuildError(f"a salt of at least 8 bytes is needed: pass --salt-file FILE or set {SALT_ENV}")
-    return salt
-
-
-def hash_id(salt: bytes, kind: str, value: str) -> str:
-    """Salted, kind-separated sha256 of an identifier, shortened to 16 hex digits."""
-    return hashlib.sha256(salt + b"\0" + kind.encode() + b"\0" + value.encode()).hexdigest()[:16]
-
-
-def assign_split(patient_hash: str, fractions: tuple[float, float, float]) -> str:
-    """Split of a patient from its hash alone, so adding scans never moves earlier patients."""
-    u = int(hashlib.sha256(b"split\0" + patient_hash.encode()).hexdigest()[:15], 16) / 16**15
-    edge = 0.0
-    for split, frac in zip(schema.SPLITS, fractions, strict=True):
-        edge += frac
-        if u < edge:
-            return split
-    return schema.SPLITS[-1]
-
-
-def speech_activity(audio_N: np.ndarray, rate: int) -> tuple[float, float]:
-    """(speech ratio, loudness dBFS) by an energy detector.
-
-    The clip is cut into 20 ms frames; a frame is speech when its RMS is at least -40 dBFS.
-    Loudness is the RMS level of the speech frames (of the whole clip when there are none),
-    floored at -120 dBFS.
-    """
-    hop = max(1, int(rate * VAD_FRAME_SECONDS))
-    n = len(audio_N) // hop
-    if n == 0:
-        return 0.0, -120.0
-    frames = audio_N[: n * hop].reshape(n, hop).astype(np.float64)
-    power = (frames**2).mean(axis=1)
-    db = 10 * np.log10(power + 1e-12)
-    active = db >= VAD_THRESHOLD_DBFS
-    level = power[active].mean() if active.any() else power.mean()
-    return float(active.mean()), float(max(-120.0, 10 * np.log10(level + 1e-12)))
-
-
-def _read_table(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
-    if not path.is_file():
-        raise MediaError(f"{columns[1]} file is missing")
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if tuple(header[: len(columns)]) != columns:
-            raise MediaError(f"{columns[1]} file header is {header}, expected {list(columns)}")
-        return [row for row in reader if row]
-
-
-def read_labels(path: Path, n_frames: int) -> np.ndarray:
-    """Per-source-frame class indices from a `frame,plane` CSV (names of schema.PLANES or indices)."""
-    rows = _read_table(path, ("frame", "plane"))
-    if len(rows) != n_frames:
-        raise MediaError(f"labels file has {len(rows)} rows, the video has {n_frames} frames")
-    out = np.empty(n_frames, np.int64)
-    for k, (frame, plane, *_) in enumerate(rows):
-        if int(frame) != k:
-            raise MediaError(f"labels file row {k + 2}: frame {frame}, expected {k}")
-        plane = plane.strip()
-        idx = (
-            schema.PLANES.index(plane) if plane in schema.PLANES else (int(plane) if plane.isdigit() else -1)
-        )
-        if not 0 <= idx < len(schema.PLANES):
-            raise MediaError(f"labels file row {k + 2}: plane {plane!r} is not in the vocabulary")
-        out[k] = idx
-    return out
-
-
-def read_gaze(path: Path, n_frames: int) -> np.ndarray:
-    """Per-source-frame gaze points [n, 2] in [0, 1] from a `frame,x,y` CSV."""
-    rows = _read_table(path, ("frame", "x", "y"))
-    if len(rows) != n_frames:
-        raise MediaError(f"gaze file has {len(rows)} rows, the video has {n_frames} frames")
-    xy = np.asarray([[float(r[1]), float(r[2])] for r in rows], np.float32)
-    if not np.all((xy >= 0) & (xy <= 1)):
-        raise MediaError("gaze file has points outside [0, 1]")
-    return xy
-
-
-@dataclass
-class Clip:
-    """One clip ready to write."""
-
-    key: str
-    mp4: bytes
-    meta: dict
-
-
-def cut_scan(row: ScanRow, scan_hash: str, patient_hash: str, opts: BuildOptions) -> tuple[list[Clip], float]:
-    """All whole clips of one scan (every stride_seconds), and the seconds after the last one."""
-    track = read_video(row.video, opts.fps, opts.size)
-    audio = read_audio(row.audio or row.video, schema.AUDIO_RATE)
-    if audio is None:
-        raise MediaError("no audio stream in the video and no separate audio file")
-    labels = read_labels(row.labels, track.source_frames) if row.labels else None
-    gaze = read_gaze(row.gaze, track.source_frames) if row.gaze else None
-    per_clip = round(opts.clip_seconds * opts.fps)
-    step = max(1, round((opts.stride_seconds or opts.clip_seconds) * opts.fps))
-    samples = round(opts.clip_seconds * schema.AUDIO_RATE)
-    n_frames = len(track.frames_THW)
-    clips: list[Clip] = []
-    end = 0
-    for j0 in range(0, n_frames - per_clip + 1, step):
-        end = j0 + per_clip
-        t0 = j0 / opts.fps
-        t1 = t0 + opts.clip_seconds
-        a0 = round(t0 * schema.AUDIO_RATE)
-        clip_audio = audio[a0 : a0 + samples]
-        if len(clip_audio) < samples:
-            clip_audio = np.pad(clip_audio, (0, samples - len(clip_audio)))
-        ratio, loudness = speech_activity(clip_audio, schema.AUDIO_RATE)
-        src = track.source_index_T[j0 : j0 + per_clip]
-        meta = {
-            schema.META_SCAN: scan_hash,
-            schema.META_PATIENT: patient_hash,
-            schema.META_T0: round(t0, 6),
-            schema.META_T1: round(t1, 6),
-            schema.META_FPS: opts.fps,
-            schema.META_FRAMES: per_clip,
-            schema.META_SPEECH_RATIO: round(ratio, 4),
-            schema.META_LOUDNESS: round(loudness, 2),
-        }
-        if labels is not None:
-            meta[schema.META_LABELS] = labels[src].tolist()
-        if gaze is not None:
-            meta[schema.META_GAZE] = np.round(gaze[src], 4).tolist()
-        mp4 = encode_mp4(
-            track.frames_THW[j0 : j0 + per_clip], opts.fps, clip_audio, schema.AUDIO_RATE, crf=opts.crf
-        )
-        clips.append(Clip(schema.sample_key(scan_hash, t0), mp4, meta))
-    tail = (n_frames - end) / opts.fps
-    return clips, tail
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class _SplitWriter:
-    """A ShardWriter for one split writing to temp names, renamed once each shard is closed."""
-
-    out: Path
-    split: str
-    maxcount: int
-    shards: list[dict] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    writer: wds.ShardWriter | None = None
-
-    def _finish(self, tmp_name: str) -> None:
-        tmp = Path(tmp_name)
-        final = self.out / tmp.name.removeprefix(".").removesuffix(".tmp")
-        os.replace(tmp, final)
-        self.shards.append(
-            {
-                "name": final.name,
-                "split": self.split,
-                "clips": self.counts.get(tmp_name, 0),
-                "seconds": round(self.seconds.get(tmp_name, 0.0), 3),
-                "bytes": final.stat().st_size,
-                "sha256": sha256_file(final),
-            }
+    def clip_options(self) -> ClipOptions:
+        """The options a scan task needs."""
+        return ClipOptions(
+            self.clip_seconds, self.stride_seconds, self.min_speech_ratio, self.fps, self.size, self.crf
         )
 
-    def write(self, clip: Clip, seconds: float) -> None:
-        if self.writer is None:
-            pattern = str(self.out / f".{self.split}-%06d.tar.tmp")
-            # mtime fixed so the same input gives the same bytes (and checksums) on every rerun.
-            self.writer = wds.ShardWriter(
-                pattern, maxcount=self.maxcount, post=self._finish, verbose=0, mtime=0.0
-            )
-        self.writer.write(
-            {
-                "__key__": clip.key,
-                schema.VIDEO_KEY: clip.mp4,
-                schema.META_KEY: json.dumps(clip.meta, sort_keys=True).encode(),
-            }
-        )
-        name = self.writer.fname
-        self.counts[name] = self.counts.get(name, 0) + 1
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+@dataclass(frozen=True)
+class Execution:
+    """Where scans are cut and whether progress is shown; does not change the shards."""
+
+    workers: int = 1
+    ray_address: str | None = None
+    progress: bool = False
 
 
-def _prepare_out(out: Path, overwrite: bool) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):
-        stale.unlink()
-    old = sorted(p for s in schema.SPLITS for p in out.glob(f"{s}-*.tar"))
-    if (out / schema.INDEX_NAME).exists() or old:
-        if not overwrite:
-            raise BuildError(f"output folder {out} already holds shards; pass --overwrite to replace them")
-    return old
-
-
-def build(manifest: Path, out: Path, salt_file: Path | None, opts: BuildOptions, log=print) -> dict:
-    """Shard every scan of `manifest` into `out`; returns the index written to index.json.
-
-    The salt comes from `salt_file` or $USVS_SHARD_SALT (see read_salt).
-    """
-    opts.validate()
-    rows = read_manifest(manifest)
-    salt = read_salt(salt_file)
-    old = _prepare_out(out, opts.overwrite)
-    writers = {s: _SplitWriter(out, s, opts.shard_clips) for s in schema.SPLITS}
-    patients: dict[str, set[str]] = {s: set() for s in schema.SPLITS}
-    scans = {s: 0 for s in schema.SPLITS}
-    ratios: list[float] = []
-    cut_ratios: list[float] = []
-    errors: list[dict] = []
-    labelled = 0
-    tail_seconds = 0.0
-    started = time.monotonic()
-    for i, row in enumerate(rows, start=1):
+def _plan(rows: list[ScanRow], salt: bytes, opts: BuildOptions) -> tuple[list[ScanTask], dict[int, dict]]:
+    """A task per scan, and failure records for rows whose scan_id repeats an earlier row's."""
+    tasks, failed = [], {}
+    first_line: dict[str, int] = {}
+    for position, row in enumerate(rows):
         scan_hash = hash_id(salt, "scan", row.scan_id)
         patient_hash = hash_id(salt, "patient", row.patient_id)
         split = assign_split(patient_hash, opts.split_fractions)
-        try:
-            clips, tail = cut_scan(row, scan_hash, patient_hash, opts)
-        except (MediaError, ValueError, OSError) as exc:
-            # stderr may name the source file; index.json only the manifest line and the hash.
-            print(f"sharding build: skipped {row.video} (manifest line {row.row}): {exc}", file=sys.stderr)
-            errors.append({"manifest_line": row.row, "scan": scan_hash, "reason": str(exc)})
+        task = ScanTask(position, row, scan_hash, patient_hash, split)
+        if row.scan_id in first_line:
+            failed[position] = {
+                "scan": scan_hash,
+                "patient": patient_hash,
+                "split": split,
+                "line": row.row,
+                "error": {
+                    "file": "scan_id",
+                    "reason": f"duplicate scan_id (first on manifest line {first_line[row.scan_id]})",
+                },
+                "cut_ratios": [],
+                "written": 0,
+                "labelled": 0,
+                "seconds": 0.0,
+                "tail_seconds": 0.0,
+            }
+        else:
+            first_line[row.scan_id] = row.row
+        tasks.append(task)
+    return tasks, failed
+
+
+def _fingerprint(tasks: list[ScanTask], opts: BuildOptions) -> str:
+    """Identifies the build's inputs and options, so a resume never mixes two different builds."""
+    settings = {k: v for k, v in asdict(opts).items() if k != "overwrite"}
+    scans = [(t.scan_hash, t.patient_hash, t.split) for t in tasks]
+    blob = json.dumps([schema.FORMAT_VERSION, settings, scans], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _prepare_out(out: Path, fingerprint: str, overwrite: bool, log) -> Resumed:
+    """Make `out` ready: fresh, cleared (--overwrite), or an interrupted build's shards verified."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()
+    journal = out / JOURNAL_NAME
+    old = sorted(p for s in schema.SPLITS for p in out.glob(f"{s}-*.tar"))
+    index = out / schema.INDEX_NAME
+    if overwrite:
+        for path in [*old, index, journal]:
+            path.unlink(missing_ok=True)
+        return Resumed({}, {})
+    header, entries = Journal.read(journal)
+    if header is not None:
+        if header.get("fingerprint") != fingerprint:
+            raise BuildError(
+                f"output folder {out} holds an unfinished build of another manifest or other options; "
+                "pass --overwrite to start again"
+            )
+        resumed = verify_journal(out, entries)
+        kept = {s["name"] for shards in resumed.shards.values() for s in shards}
+        for path in old:
+            if path.name not in kept:
+                path.unlink()  # written after the last journaled shard, or changed since
+        log(f"build: resuming an interrupted build; {len(kept)} complete shard(s) verified and kept")
+        return resumed
+    if index.exists() or old:
+        raise BuildError(f"output folder {out} already holds shards; pass --overwrite to replace them")
+    return Resumed({}, {})
+
+
+def _report(record: dict, row: ScanRow) -> None:
+    error = record["error"]
+    column = error["file"]
+    where = getattr(row, column, None) if column in ("video", "audio", "labels", "gaze") else None
+    if column == "audio" and where is None:
+        where = row.video
+    # stderr is the operator's console on the machine holding the scans: it names the file.
+    # index.json names only the manifest line and the column.
+    print(
+        f"sharding build: skipped manifest line {row.row} ({column}{f' {where}' if where else ''}): "
+        f"{error['reason']}",
+        file=sys.stderr,
+    )
+
+
+def build(
+    manifest: Path,
+    out: Path,
+    salt_file: Path | None,
+    opts: BuildOptions,
+    log=print,
+    execution: Execution = Execution(),
+) -> dict:
+    """Shard every scan of `manifest` into `out`; returns the index written to index.json.
+
+    The salt comes from `salt_file` or $USVS_SHARD_SALT (see deid.read_salt). An interrupted
+    build into the same folder with the same manifest and options resumes.
+    """
+    opts.validate()
+    if execution.workers < 1:
+        raise BuildError(f"--workers must be >= 1, got {execution.workers}")
+    rows = read_manifest(manifest)
+    try:
+        salt = read_salt(salt_file)
+    except SaltError as exc:
+        raise BuildError(str(exc)) from None
+    tasks, records = _plan(rows, salt, opts)
+    fingerprint = _fingerprint(tasks, opts)
+    resumed = _prepare_out(out, fingerprint, opts.overwrite, log)
+
+    todo: list[ScanTask] = []
+    for task in tasks:
+        if task.position in records:
             continue
-        for clip in clips:
-            cut_ratios.append(clip.meta[schema.META_SPEECH_RATIO])
-            if clip.meta[schema.META_SPEECH_RATIO] < opts.min_speech_ratio:
-                continue  # counted: the index keeps the histogram of every clip cut
-            writers[split].write(clip, opts.clip_seconds)
-            ratios.append(clip.meta[schema.META_SPEECH_RATIO])
-            labelled += schema.META_LABELS in clip.meta
-        patients[split].add(patient_hash)
-        scans[split] += 1
-        tail_seconds += tail
-        rate = len(ratios) / max(time.monotonic() - started, 1e-9)
-        log(f"build: scan {i}/{len(rows)} -> {split}, {len(clips)} clips ({rate:.1f} clips/s)")
-    for w in writers.values():
-        w.close()
-    shards = sorted((s for w in writers.values() for s in w.shards), key=lambda s: s["name"])
-    hist, _ = np.histogram(ratios, bins=SPEECH_HIST_EDGES)
+        through = resumed.through(task.split)
+        old = resumed.records.get(task.position)
+        if through is not None and task.position < through[0] and old is None:
+            raise BuildError(
+                f"the build journal in {out} lacks manifest line {task.row.row}; "
+                "pass --overwrite to start again"
+            )
+        if through is not None and (
+            task.position < through[0]
+            or (task.position == through[0] and old is not None and old["written"] == through[1])
+        ):
+            records[task.position] = old  # its clips are all in kept shards
+        elif through is not None and task.position == through[0]:
+            todo.append(ScanTask(**{**task.__dict__, "skip_written": through[1]}))
+        else:
+            todo.append(task)
+    for position, record in sorted(records.items()):
+        if "error" in record:
+            _report(record, rows[position])
+
+    kept = [s for split in schema.SPLITS for s in resumed.shards.get(split, [])]
+    journal = Journal.create(
+        out / JOURNAL_NAME,
+        {"fingerprint": fingerprint, "format_version": schema.FORMAT_VERSION},
+        [{"scan": p, "record": r} for p, r in sorted(records.items())] + [{"shard": s} for s in kept],
+    )
+    writers = {
+        s: SplitShards(out, s, opts.shard_clips, journal, next_index=len(resumed.shards.get(s, [])))
+        for s in schema.SPLITS
+    }
+    runner = make_runner(execution.workers, execution.ray_address)
+    where = describe(execution.workers, execution.ray_address)
+    log(f"build: {len(todo)} of {len(tasks)} scans to cut in {where}")
+    sizes = [_size(t.row.video) for t in todo]
+    bar = tqdm(
+        total=sum(sizes),
+        unit="B",
+        unit_scale=True,
+        desc="build",
+        file=sys.stderr,
+        disable=not execution.progress,
+        bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {postfix} [{elapsed}<{remaining}]",
+    )
+    clips_done = 0
+    try:
+        for done, (task, size, result) in enumerate(
+            zip(todo, sizes, runner(cut_scan, todo, opts.clip_options()), strict=True), start=1
+        ):
+            record = result.record
+            journal.append({"scan": task.position, "record": record})
+            records[task.position] = record
+            if "error" in record:
+                _report(record, task.row)
+            for k, clip in enumerate(result.clips, start=task.skip_written + 1):
+                writers[task.split].write(clip, opts.clip_seconds, task.position, k)
+            clips_done += len(result.clips)
+            bar.update(size)
+            rate = clips_done / max(bar.format_dict["elapsed"], 1e-9)
+            bar.set_postfix_str(f"scan {done}/{len(todo)}, {clips_done} clips, {rate:.1f} clips/s")
+        for w in writers.values():
+            w.close()
+    except OSError as exc:
+        for w in writers.values():
+            w.abort()
+        complete = len(kept) + sum(len(w.finished) for w in writers.values())
+        raise ShardWriteError(
+            f"writing shards into {out} failed ({exc.strerror or exc}); the open shard was removed and "
+            f"{complete} complete shard(s) kept: rerun the same command to resume"
+        ) from exc
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+        journal.close()
+
+    shards = sorted(kept + [s for w in writers.values() for s in w.finished], key=lambda s: s["name"])
+    index = _index(opts, shards, [records[p] for p in sorted(records)])
+    write_atomic(out / schema.INDEX_NAME, json.dumps(index, indent=2))
+    (out / JOURNAL_NAME).unlink()
+    return index
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
+    """index.json from the finished shards and every scan's record (DESIGN.md, shard format)."""
+    shards = [{k: v for k, v in s.items() if k != "through"} for s in shards]
+    ok = [r for r in records if "error" not in r]
+    cut_ratios = [x for r in ok for x in r["cut_ratios"]]
+    kept_ratios = [x for x in cut_ratios if x >= opts.min_speech_ratio]
+    hist, _ = np.histogram(kept_ratios, bins=SPEECH_HIST_EDGES)
     hist_cut, _ = np.histogram(cut_ratios, bins=SPEECH_HIST_EDGES)
-    index = {
+    clips = sum(r["written"] for r in ok)
+    return {
         "format_version": schema.FORMAT_VERSION,
         "tool_version": __version__,
         "clip_seconds": opts.clip_seconds,
@@ -352,30 +326,27 @@ def build(manifest: Path, out: Path, salt_file: Path | None, opts: BuildOptions,
             s: {
                 "clips": sum(x["clips"] for x in shards if x["split"] == s),
                 "seconds": round(sum(x["seconds"] for x in shards if x["split"] == s), 3),
-                "scans": scans[s],
-                "patients": sorted(patients[s]),
+                "scans": sum(r["split"] == s for r in ok),
+                "patients": sorted({r["patient"] for r in ok if r["split"] == s}),
             }
             for s in schema.SPLITS
         },
         "totals": {
-            "clips": len(ratios),
-            "seconds": round(len(ratios) * opts.clip_seconds, 3),
-            "scans": sum(scans.values()),
-            "failed_scans": len(errors),
-            "tail_seconds_dropped": round(tail_seconds, 3),
-            "clips_below_min_speech": len(cut_ratios) - len(ratios),
+            "clips": clips,
+            "seconds": round(clips * opts.clip_seconds, 3),
+            "scans": len(ok),
+            "scan_seconds": round(sum(r["seconds"] for r in ok), 3),
+            "failed_scans": len(records) - len(ok),
+            "scans_shorter_than_a_clip": sum(r["shorter_than_a_clip"] for r in ok),
+            "tail_seconds_dropped": round(sum(r["tail_seconds"] for r in ok), 3),
+            "clips_below_min_speech": len(cut_ratios) - len(kept_ratios),
         },
         "speech_ratio_histogram": {"edges": SPEECH_HIST_EDGES, "counts": hist.tolist()},
         # Every clip cut, before --min-speech-ratio: what the filter saw.
         "speech_ratio_histogram_cut": {"edges": SPEECH_HIST_EDGES, "counts": hist_cut.tolist()},
-        "labels": {"vocabulary": list(schema.PLANES), "clips_with_labels": labelled},
-        "errors": errors,
+        "labels": {"vocabulary": list(schema.PLANES), "clips_with_labels": sum(r["labelled"] for r in ok)},
+        # Which scan (manifest line, salted hash) and which of its files failed, and why; never a path.
+        "errors": [
+            {"manifest_line": r["line"], "scan": r["scan"], **r["error"]} for r in records if "error" in r
+        ],
     }
-    tmp = out / f".{schema.INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out / schema.INDEX_NAME)
-    written = {s["name"] for s in shards}
-    for path in old:
-        if path.name not in written:
-            path.unlink()
-    return index

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import decord
 
-from sharding.build import sha256_file
+from sharding.writer import sha256_file
 from usvs_dist.data import schema
 
 

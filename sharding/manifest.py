@@ -11,7 +11,7 @@ REQUIRED = ("scan_id", "patient_id", "video")
 
 
 class ManifestError(ValueError):
-    """The manifest itself is unusable (missing file or column, duplicate scan id)."""
+    """The manifest itself is unusable (missing file or column, an empty required field)."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,10 @@ class ScanRow:
 
 
 def read_manifest(path: Path) -> list[ScanRow]:
-    """Parse the manifest CSV; raises ManifestError naming the file, column or row."""
+    """Parse the manifest CSV; raises ManifestError naming the file, column or row.
+
+    Duplicate scan ids are not refused here: the build skips and reports the later rows.
+    """
     if not path.is_file():
         raise ManifestError(
             f"manifest {path} does not exist (expected a CSV with columns {', '.join(COLUMNS)})"
@@ -42,17 +45,11 @@ def read_manifest(path: Path) -> list[ScanRow]:
                 f"manifest {path} lacks column(s) {', '.join(missing)} (expected header: {','.join(COLUMNS)})"
             )
         rows: list[ScanRow] = []
-        seen: dict[str, int] = {}
         for n, raw in enumerate(reader, start=2):
             rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
             for col in REQUIRED:
                 if not rec[col]:
                     raise ManifestError(f"manifest {path} line {n}: column {col} is empty")
-            if rec["scan_id"] in seen:
-                raise ManifestError(
-                    f"manifest {path} line {n}: duplicate scan_id (first on line {seen[rec['scan_id']]})"
-                )
-            seen[rec["scan_id"]] = n
             optional = {c: (path.parent / rec[c]) if rec[c] else None for c in ("audio", "labels", "gaze")}
             rows.append(ScanRow(n, rec["scan_id"], rec["patient_id"], path.parent / rec["video"], **optional))
     if not rows:

@@ -42,8 +42,9 @@ def encode_mp4(
     if H % 2 or W % 2:
         raise ValueError(f"frame size {H}x{W} must be even for yuv420p")
     buf = io.BytesIO()
-    # Empty metadata and no creation time: clips must not carry anything from the source.
-    with av.open(buf, "w", format="mp4") as out:
+    # Empty metadata, no creation time, and bitexact (no muxer version tag): clips carry nothing
+    # from the source and nothing about the machine that built them.
+    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
         out.metadata.clear()
         vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
@@ -89,7 +90,8 @@ class VideoTrack:
     source_frames: int
 
 
-def _letterbox(gray_HW: np.ndarray, size: int) -> np.ndarray:
+def letterbox(gray_HW: np.ndarray, size: int) -> np.ndarray:
+    """Centre a frame no larger than size x size on a black square of that side."""
     h, w = gray_HW.shape
     out = np.zeros((size, size), np.uint8)
     top, left = (size - h) // 2, (size - w) // 2
@@ -127,7 +129,7 @@ def read_video(path: Path, fps: float, size: int) -> VideoTrack:
                 scale = size / max(frame.width, frame.height)
                 w = max(2, round(frame.width * scale)) // 2 * 2
                 h = max(2, round(frame.height * scale)) // 2 * 2
-                gray = _letterbox(frame.reformat(width=w, height=h, format="gray").to_ndarray(), size)
+                gray = letterbox(frame.reformat(width=w, height=h, format="gray").to_ndarray(), size)
                 if prev is not None:
                     period_sum += t - prev_t
                     # Nearest-frame rule: grid points before the midpoint belong to the previous frame.

@@ -8,15 +8,18 @@ import json
 import tarfile
 from pathlib import Path
 
+import av
 import decord
 import numpy as np
 import torch
 import torchaudio
 
 from sharding.__main__ import main as shard_main
-from sharding.build import BuildOptions, build, sha256_file
+from sharding.build import BuildOptions, build
 from sharding.phantom import make_spec, render_narration, render_video, synthesize
+from sharding.writer import sha256_file
 from tests.conftest import PHANTOM
+from tests.sharding.scankit import retag
 from usvs_dist.data import schema
 
 RAW_FPS, RAW_SIZE, RAW_RATE = 15.0, 128, 22050
@@ -70,7 +73,7 @@ def test_patients_never_span_two_splits(phantom_shards):
 
 
 def _clips_of_scan(folder: Path, scan_index: int, manifest: Path, salt: bytes):
-    from sharding.build import hash_id
+    from sharding.deid import hash_id
 
     scan_id = list(csv.DictReader(manifest.open()))[scan_index]["scan_id"]
     scan_hash = hash_id(salt, "scan", scan_id)
@@ -135,20 +138,52 @@ def test_clip_frames_are_the_scan_frames_at_their_times(phantom_shards, phantom_
             assert max(scores, key=scores.get) == src
 
 
-def test_no_identifier_or_path_reaches_shards_or_index(tmp_path, salt_file):
+def test_no_identifier_path_or_container_tag_reaches_shards_or_index(tmp_path, salt_file):
     raw = tmp_path / "raw_MARKERPATH"
-    manifest = synthesize(raw, scans=2, seconds=4.0, seed=0, log=lambda *_: None)
+    manifest = synthesize(raw, scans=3, seconds=4.0, seed=0, log=lambda *_: None)
     rows = list(csv.DictReader(manifest.open()))
+    tags = {
+        "title": "MARKERTAG title",
+        "comment": "MARKERTAG comment",
+        "artist": "MARKERTAG",
+        "handler_name": "MARKERTAG",
+    }
+    marked = raw / "MARKERDIR"
+    marked.mkdir()
+    for r in rows:
+        video = Path(r["video"])
+        retag(raw / video, marked / f"MARKERFILE_{video.name}", tags)
+        for column in ("labels", "gaze"):
+            (marked / f"MARKERFILE_{r[column]}").write_bytes((raw / r[column]).read_bytes())
+    (marked / "MARKERFILE_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"MARKERTAG" * 50)
     with manifest.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         for i, r in enumerate(rows):
-            w.writerow({**r, "scan_id": f"MARKERSCAN{i}", "patient_id": f"MARKERPATIENT{i}"})
+            w.writerow(
+                {
+                    **{c: f"MARKERDIR/MARKERFILE_{r[c]}" for c in ("video", "labels", "gaze")},
+                    "audio": "",
+                    "scan_id": f"MARKERSCAN{i}",
+                    "patient_id": f"MARKERPATIENT{i}",
+                }
+            )
+        w.writerow(
+            {
+                "scan_id": "MARKERSCANX",
+                "patient_id": "MARKERPATIENTX",
+                "video": "MARKERDIR/MARKERFILE_broken.mp4",
+            }
+        )
+    with av.open(str(marked / f"MARKERFILE_{Path(rows[0]['video']).name}")) as c:
+        assert c.metadata["title"] == "MARKERTAG title"  # the tags are there to be dropped
     out = tmp_path / "shards"
-    build(manifest, out, salt_file, BuildOptions(), log=lambda *_: None)
+    index = build(manifest, out, salt_file, BuildOptions(), log=lambda *_: None)
+    assert index["totals"]["scans"] == 3 and index["totals"]["failed_scans"] == 1
+    markers = (b"MARKER", b"scan_0000", b"Lavf", salt_file.read_bytes())
     for path in out.iterdir():
         data = path.read_bytes()
-        for marker in (b"MARKERSCAN", b"MARKERPATIENT", b"MARKERPATH", b"scan_0000", salt_file.read_bytes()):
+        for marker in markers:
             assert marker not in data, f"{marker!r} found in {path.name}"
 
 
@@ -261,3 +296,27 @@ def test_bad_stride_or_speech_ratio_is_refused(phantom_raw, salt_file, tmp_path,
         )
         assert code == 2 and flag in capsys.readouterr().err
         assert not (tmp_path / "o").exists()
+
+
+def test_a_rerun_with_more_scans_keeps_earlier_patients_in_their_split(salt_file, tmp_path):
+    from tests.sharding.scankit import moving_frames, tone, write_video
+
+    video = write_video(
+        tmp_path / "scan.mp4", moving_frames(20, 32, 32), 10.0, audio_N=tone(2.0, 16000), audio_rate=16000
+    )
+    opts = BuildOptions(clip_seconds=2.0, size=32, split_fractions=(0.5, 0.25, 0.25))
+
+    def splits(n_patients: int, name: str, first: int = 0) -> dict[str, str]:
+        manifest = tmp_path / f"{name}.csv"
+        with manifest.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["scan_id", "patient_id", "video", "audio", "labels", "gaze"])
+            for p in reversed(range(first, n_patients)):  # new scans first: order must not matter
+                w.writerow([f"scan-{p}", f"patient-{p}", video, "", "", ""])
+        index = build(manifest, tmp_path / name, salt_file, opts, log=lambda *_: None)
+        return {pat: split for split, info in index["splits"].items() for pat in info["patients"]}
+
+    before, after = splits(8, "before"), splits(16, "after")
+    assert len(before) == 8 and len(after) == 16
+    assert all(after[p] == s for p, s in before.items())
+    assert len(set(after.values())) == 3  # the fractions spread patients over all splits
