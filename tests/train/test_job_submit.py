@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from sharding.build import BuildOptions, build
 from tests.conftest import free_port
 from tests.train.runner import REPO, TINY, client_for
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_training_entry(phantom_shards, tmp_path):
+def test_ray_job_submit_runs_the_sharding_and_training_entries(
+    phantom_raw, salt_file, phantom_shards, tmp_path
+):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     # The job's python is the one on the PATH of the process that ran `ray start`.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -48,6 +52,44 @@ def test_ray_job_submit_runs_the_training_entry(phantom_shards, tmp_path):
     )
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
     try:
+        # Sharding as a Ray job: RAY_ADDRESS (set by `ray job submit`) sends scans to Ray tasks.
+        shard_args = ["--salt-file", str(salt_file), "--size", "32", "--shard-clips", "4", "--no-progress"]
+        job = subprocess.run(
+            [
+                *ray,
+                "job",
+                "submit",
+                f"--address=http://127.0.0.1:{dashboard}",
+                "--working-dir",
+                str(work),
+                "--",
+                "python",
+                "-m",
+                "sharding",
+                "build",
+                str(phantom_raw),
+                "--out",
+                str(tmp_path / "job_shards"),
+                *shard_args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        out = job.stdout + job.stderr
+        assert job.returncode == 0 and re.search(r"Job '\w+' succeeded", out), out[-4000:]
+        assert "scans to cut in Ray tasks on the cluster at" in out
+        local = build(
+            phantom_raw,
+            tmp_path / "local_shards",
+            salt_file,
+            BuildOptions(size=32, shard_clips=4),
+            log=lambda *_: None,
+        )
+        submitted = json.loads((tmp_path / "job_shards" / "index.json").read_text())
+        assert [s["sha256"] for s in submitted["shards"]] == [s["sha256"] for s in local["shards"]]
+
         db = tmp_path / "mlruns.db"
         job = subprocess.run(
             [

@@ -1,9 +1,11 @@
 """Decode one WebDataset sample (clip mp4 + json) with Decord into training tensors.
 
 Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
-Output per sample: video_CTHW float in [0, 1], image_CHW, wave_N (the narration; `log_mel` turns
-a batch of them into audio_B1MF), labels_T (-1 when the shard has none), gaze_T2 (NaN when none),
-meta.
+Output per sample: frames_NHW uint8 (the T clip frames, then the image frame; cropped, flipped
+and resized), intensity_2 (the clip's contrast and brightness draw), wave_N (the narration),
+labels_T (-1 when the shard has none), gaze_T2 (NaN when none), meta. `ClipDecoder.collate`
+turns a list of them into a batch: video_BCTHW and image_BCHW floats in [0, 1] with the
+intensity jitter applied, and audio_B1MF log-mel, each in one batched operation.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 import torchaudio
+from torch.utils.data import default_collate
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
-from usvs_dist.data.augment import augment_frames, resize_frames
+from usvs_dist.data.augment import crop_and_flip, draw_intensity, finish_batch, resize_frames
 
 log = logging.getLogger(__name__)
 MIN_SAMPLES_FOR_BAD_FRACTION = 50
@@ -168,6 +171,17 @@ class ClipDecoder:
             self._setup()
         return torch.log(self._mel(wave_BN.float()) + 1e-6).unsqueeze(1)
 
+    def collate(self, samples: list[dict]) -> dict:
+        """Decoded samples -> a batch: float video and image with each clip's jitter, log-mel audio."""
+        batch = default_collate(samples)
+        frames_BNHW = finish_batch(batch.pop("frames"), batch.pop("intensity"))
+        B, C = frames_BNHW.shape[0], self.cfg.channels
+        T, S = frames_BNHW.shape[1] - 1, frames_BNHW.shape[-1]
+        batch["video"] = frames_BNHW[:, :T].unsqueeze(1).expand(B, C, T, S, S).contiguous()
+        batch["image"] = frames_BNHW[:, T].unsqueeze(1).expand(B, C, S, S).contiguous()
+        batch["audio"] = self.log_mel(batch.pop("wave"))
+        return batch
+
     def sample_rng(self, key: str) -> random.Random | None:
         """Frame jitter and augmentation draws of one sample: a function of (seed, epoch, key), so
         a resumed stream draws what the uninterrupted one would; None when not training."""
@@ -226,15 +240,15 @@ class ClipDecoder:
             if self._ctx.on_gpu
             else torch.from_numpy(frames.asnumpy())
         )
-        frames_THWC = frames_NHWC[[wanted.index(i) for i in idx + [image_idx]]]
-        grey_THW = frames_THWC[..., 0].contiguous().float().mul_(1 / 255)
+        # Grey lives in the first channel: index that view, so only the used frames are copied.
+        grey_NHW = frames_NHWC[..., 0][[wanted.index(i) for i in idx + [image_idx]]]
         # The clip and its image frame share one crop, so the modalities stay aligned.
-        if rng is not None and cfg.augment.enabled:
-            grey_THW = augment_frames(grey_THW, cfg.augment, cfg.frame_size, rng)
+        augment = rng is not None and cfg.augment.enabled
+        if augment:
+            grey_NHW = crop_and_flip(grey_NHW, cfg.augment, cfg.frame_size, rng)
         else:
-            grey_THW = resize_frames(grey_THW, cfg.frame_size)
-        clip_CTHW = grey_THW[:-1].unsqueeze(0).expand(cfg.channels, -1, -1, -1).contiguous()
-        image_CHW = grey_THW[-1].unsqueeze(0).expand(cfg.channels, -1, -1).contiguous()
+            grey_NHW = resize_frames(grey_NHW, cfg.frame_size)
+        intensity = draw_intensity(cfg.augment, rng if augment else None)
 
         wave_N = torch.from_numpy(read_wave(data, cfg.sample_rate))[: self.samples]
         if len(wave_N) < self.samples:
@@ -243,8 +257,8 @@ class ClipDecoder:
         labels = meta.get(schema.META_LABELS)
         gaze = meta.get(schema.META_GAZE)
         return {
-            "video": clip_CTHW,
-            "image": image_CHW,
+            "frames": grey_NHW.contiguous(),
+            "intensity": torch.tensor(intensity, dtype=torch.float32),
             "wave": wave_N,
             "labels": torch.tensor([labels[i] for i in idx] if labels else [-1] * len(idx)),
             "image_label": torch.tensor(labels[image_idx] if labels else -1),

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate
+from torch.utils.data import DataLoader, IterableDataset
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data.decode import ClipDecoder, TarErrors, resolve_decode_context
@@ -67,7 +67,8 @@ class RankEpoch(IterableDataset):
         # 3. Decord decode, frame sampling, image frame, augmentation; bad samples counted.
         decoded = _decode(samples, decoder)
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
-        #    barrier need every rank in step); log-mel of the batch's narration in one STFT.
+        #    barrier need every rank in step); uint8 frames become floats with each clip's
+        #    intensity jitter, and the narration log-mel, in one operation per batch.
         return _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
 
 
@@ -96,8 +97,7 @@ def _batches(
             pending.append(sample)
             if len(pending) < size:
                 continue
-            last, pending = default_collate(pending), []
-            last["audio"] = decoder.log_mel(last.pop("wave"))
+            last, pending = decoder.collate(pending), []
         elif last is None:
             raise RuntimeError(
                 f"loader worker {worker} produced no full batch of {size} from its shards "

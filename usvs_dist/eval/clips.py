@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data.decode import ClipDecoder, TarErrors
@@ -83,11 +82,11 @@ def load_clips(cfg: DataConfig, location: str | Path, splits: list[str], max_cli
         raise ValueError(f"{location}: no decodable clip in splits {splits}")
     if decoder.bad:
         log.warning("%d clips of %s could not be decoded and are left out", decoder.bad, location)
-    batch = default_collate(decoded)
+    batch = decoder.collate(decoded)
     return ClipSet(
         video=batch["video"],
         image=batch["image"],
-        audio=decoder.log_mel(batch["wave"]),
+        audio=batch["audio"],
         labels=batch["labels"],
         image_label=batch["image_label"],
         gaze=batch["gaze"],
