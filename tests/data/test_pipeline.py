@@ -293,3 +293,27 @@ def test_gpu_decode_without_cuda_decord_is_a_clear_error():
 
 def test_unused_shutil_import_guard():
     assert shutil.which("cat")  # pipe: URLs in these tests run `cat`
+
+
+def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom_shards):
+    from usvs_dist.data.decode import BatchFinisher
+    from usvs_dist.data.pipeline import RankEpoch
+
+    cfg = _cfg(batch_size=3, num_frames=5, frame_size=32)
+    loader = EpochLoader(cfg, phantom_shards, rank=0, world_size=1)
+    raw = next(iter(RankEpoch(cfg, loader.shards, loader.plan(0), 0, loader.clip_seconds)))
+    assert raw["frames"].dtype == torch.uint8 and raw["frames"].shape == (
+        3,
+        6,
+        32,
+        32,
+    )  # T clip frames + image
+    assert "video" not in raw and "audio" not in raw
+    done = BatchFinisher(cfg)(dict(raw))
+    batch = next(iter(loader.epoch(0)))
+    assert batch["__key__"] == raw["__key__"]
+    for key in ("video", "image", "audio"):
+        assert torch.equal(batch[key], done[key]), key
+    assert (
+        batch["video"].dtype == torch.float32 and 0.0 <= batch["video"].min() <= batch["video"].max() <= 1.0
+    )

@@ -120,3 +120,8 @@ def retag(src: Path, dst: Path, tags: dict[str, str]) -> Path:
             packet.stream = streams[packet.stream.index]
             out.mux(packet)
     return dst
+
+
+def build_args(manifest: Path, out: Path, salt_file: Path, flags: str = "") -> list[str]:
+    """`sharding build` arguments: the manifest, --out, --salt-file, then `flags` (space-separated)."""
+    return ["build", str(manifest), "--out", str(out), "--salt-file", str(salt_file), *flags.split()]

@@ -9,7 +9,7 @@ import wave
 import numpy as np
 
 from sharding.__main__ import main as shard_main
-from tests.sharding.scankit import moving_frames, tone, write_audio, write_manifest, write_video
+from tests.sharding.scankit import build_args, moving_frames, tone, write_audio, write_manifest, write_video
 from usvs_dist.data import schema
 
 SECONDS, FPS = 2.5, 10.0
@@ -123,23 +123,9 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
     rows.append({"scan_id": "good", "patient_id": "p-dup", "video": good})  # a duplicate scan_id
     manifest = write_manifest(raw / "manifest.csv", rows)
     out = tmp_path / "out"
-    args = [
-        "build",
-        str(manifest),
-        "--out",
-        str(out),
-        "--salt-file",
-        str(salt_file),
-        "--fps",
-        "8",
-        "--size",
-        "32",
-        "--clip-seconds",
-        "1",
-        "--split",
-        "1,0,0",
-        "--no-progress",
-    ]
+    args = build_args(
+        manifest, out, salt_file, "--fps 8 --size 32 --clip-seconds 1 --split 1,0,0 --no-progress"
+    )
 
     assert shard_main(args) == 1
     err = capsys.readouterr().err

@@ -15,6 +15,7 @@ from sharding.__main__ import main as shard_main
 from sharding.build import BuildOptions, Execution, build
 from sharding.runners import ray_address
 from sharding.writer import JOURNAL_NAME
+from tests.sharding.scankit import build_args
 from usvs_dist.data import schema
 
 OPTS = BuildOptions(clip_seconds=2.0, fps=8.0, size=32, shard_clips=4, split_fractions=(0.6, 0.2, 0.2))
@@ -69,23 +70,9 @@ def test_disk_full_mid_shard_leaves_complete_shards_and_a_rerun_resumes(
     phantom_raw, salt_file, tmp_path, reference, monkeypatch, capsys
 ):
     out = tmp_path / "out"
-    args = [
-        "build",
-        str(phantom_raw),
-        "--out",
-        str(out),
-        "--salt-file",
-        str(salt_file),
-        "--fps",
-        "8",
-        "--size",
-        "32",
-        "--shard-clips",
-        "4",
-        "--split",
-        "0.6,0.2,0.2",
-        "--no-progress",
-    ]
+    args = build_args(
+        phantom_raw, out, salt_file, "--fps 8 --size 32 --shard-clips 4 --split 0.6,0.2,0.2 --no-progress"
+    )
     with monkeypatch.context() as m:
         _fail_writes_after(m, 2 * 13)  # 13 clips, then the 14th write fails inside a shard
         assert shard_main(args) == 1
@@ -141,16 +128,7 @@ def test_an_unfinished_build_with_other_options_needs_overwrite(
 
 
 def test_progress_bar_shows_clips_per_second_and_eta(phantom_raw, salt_file, tmp_path, capsys):
-    args = [
-        "build",
-        str(phantom_raw),
-        "--out",
-        str(tmp_path / "o"),
-        "--salt-file",
-        str(salt_file),
-        "--size",
-        "32",
-    ]
+    args = build_args(phantom_raw, tmp_path / "o", salt_file, "--size 32")
     assert shard_main(args) == 0
     err = capsys.readouterr().err
     assert re.search(r"build: 100%\|.*scan 6/6, 36 clips, [\d.]+ clips/s \[\d+:\d+<\d+:\d+\]", err), err

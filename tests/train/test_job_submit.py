@@ -51,31 +51,22 @@ def test_ray_job_submit_runs_the_sharding_and_training_entries(
         timeout=180,
     )
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-    try:
-        # Sharding as a Ray job: RAY_ADDRESS (set by `ray job submit`) sends scans to Ray tasks.
-        shard_args = ["--salt-file", str(salt_file), "--size", "32", "--shard-clips", "4", "--no-progress"]
-        job = subprocess.run(
-            [
-                *ray,
-                "job",
-                "submit",
-                f"--address=http://127.0.0.1:{dashboard}",
-                "--working-dir",
-                str(work),
-                "--",
-                "python",
-                "-m",
-                "sharding",
-                "build",
-                str(phantom_raw),
-                "--out",
-                str(tmp_path / "job_shards"),
-                *shard_args,
-            ],
+
+    def submit(*entry: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(work)]
+            + ["--", "python", "-m", *entry],
             env=env,
             capture_output=True,
             text=True,
             timeout=600,
+        )
+
+    try:
+        # Sharding as a Ray job: RAY_ADDRESS (set by `ray job submit`) sends scans to Ray tasks.
+        shard_args = ["--salt-file", str(salt_file), "--size", "32", "--shard-clips", "4", "--no-progress"]
+        job = submit(
+            "sharding", "build", str(phantom_raw), "--out", str(tmp_path / "job_shards"), *shard_args
         )
         out = job.stdout + job.stderr
         assert job.returncode == 0 and re.search(r"Job '\w+' succeeded", out), out[-4000:]
@@ -91,29 +82,14 @@ def test_ray_job_submit_runs_the_sharding_and_training_entries(
         assert [s["sha256"] for s in submitted["shards"]] == [s["sha256"] for s in local["shards"]]
 
         db = tmp_path / "mlruns.db"
-        job = subprocess.run(
-            [
-                *ray,
-                "job",
-                "submit",
-                f"--address=http://127.0.0.1:{dashboard}",
-                "--working-dir",
-                str(work),
-                "--",
-                "python",
-                "-m",
-                "usvs_dist.train",
-                f"data.shards={phantom_shards}",
-                *TINY,
-                "train.steps=3",
-                "train.checkpoint_every=3",
-                f"train.storage_path={tmp_path / 'ray_results'}",
-                f"tracking.uri=sqlite:///{db}",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        job = submit(
+            "usvs_dist.train",
+            f"data.shards={phantom_shards}",
+            *TINY,
+            "train.steps=3",
+            "train.checkpoint_every=3",
+            f"train.storage_path={tmp_path / 'ray_results'}",
+            f"tracking.uri=sqlite:///{db}",
         )
         out = job.stdout + job.stderr
         assert job.returncode == 0, out[-4000:]

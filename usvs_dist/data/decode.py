@@ -4,8 +4,10 @@ Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
 Output per sample: frames_NHW uint8 (the T clip frames, then the image frame; cropped, flipped
 and resized), intensity_2 (the clip's contrast and brightness draw), wave_N (the narration),
 labels_T (-1 when the shard has none), gaze_T2 (NaN when none), meta. `ClipDecoder.collate`
-turns a list of them into a batch: video_BCTHW and image_BCHW floats in [0, 1] with the
-intensity jitter applied, and audio_B1MF log-mel, each in one batched operation.
+stacks them (uint8 frames cross to the training process at a quarter of the bytes of floats);
+`BatchFinisher`, run where the batch is consumed (on the training device), makes video_BCTHW
+and image_BCHW floats in [0, 1] with each clip's intensity jitter and audio_B1MF log-mel, each
+in one batched operation.
 """
 
 from __future__ import annotations
@@ -89,6 +91,29 @@ def read_wave(data: bytes, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(samples.reshape(-1))
 
 
+class BatchFinisher:
+    """The loader's last stage, run where batches are consumed (the training device): uint8 frames
+    -> float video and image with each clip's intensity jitter, narration -> log-mel."""
+
+    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
+        self.channels = cfg.channels
+        self.device = torch.device(device)
+        self.mel = mel_transform(cfg).to(self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        """Complete a collated batch in place of its `frames`, `intensity` and `wave`; returns it."""
+        frames = batch.pop("frames").to(self.device, non_blocking=True)
+        intensity = batch.pop("intensity").to(self.device, non_blocking=True)
+        frames_BNHW = finish_batch(frames, intensity)
+        B, C = frames_BNHW.shape[0], self.channels
+        T, S = frames_BNHW.shape[1] - 1, frames_BNHW.shape[-1]
+        batch["video"] = frames_BNHW[:, :T].unsqueeze(1).expand(B, C, T, S, S).contiguous()
+        batch["image"] = frames_BNHW[:, T].unsqueeze(1).expand(B, C, S, S).contiguous()
+        wave_BN = batch.pop("wave").to(self.device, non_blocking=True)
+        batch["audio"] = torch.log(self.mel(wave_BN.float()) + 1e-6).unsqueeze(1)
+        return batch
+
+
 class TarErrors:
     """webdataset handler: a tar error is logged and counted as a bad sample of `decoder`, then skipped."""
 
@@ -156,31 +181,18 @@ class ClipDecoder:
         self.seen = 0
         self.frames_decoded = 0
         self.frames_used = 0
-        self._mel: torchaudio.transforms.MelSpectrogram | None = None
+        self._ready = False
         self._ctx: DecodeContext | None = None
 
     def _setup(self) -> None:
         info = torch.utils.data.get_worker_info()
         self.worker = info.id if info is not None else 0
-        self._mel = mel_transform(self.cfg)
         self._ctx = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank)
-
-    def log_mel(self, wave_BN: torch.Tensor) -> torch.Tensor:
-        """[B, N] narration -> [B, 1, M, F] log(mel + 1e-6); one batched STFT, not one per clip."""
-        if self._mel is None:
-            self._setup()
-        return torch.log(self._mel(wave_BN.float()) + 1e-6).unsqueeze(1)
+        self._ready = True
 
     def collate(self, samples: list[dict]) -> dict:
-        """Decoded samples -> a batch: float video and image with each clip's jitter, log-mel audio."""
-        batch = default_collate(samples)
-        frames_BNHW = finish_batch(batch.pop("frames"), batch.pop("intensity"))
-        B, C = frames_BNHW.shape[0], self.cfg.channels
-        T, S = frames_BNHW.shape[1] - 1, frames_BNHW.shape[-1]
-        batch["video"] = frames_BNHW[:, :T].unsqueeze(1).expand(B, C, T, S, S).contiguous()
-        batch["image"] = frames_BNHW[:, T].unsqueeze(1).expand(B, C, S, S).contiguous()
-        batch["audio"] = self.log_mel(batch.pop("wave"))
-        return batch
+        """Decoded samples -> one batch, frames still uint8 (BatchFinisher completes it)."""
+        return default_collate(samples)
 
     def sample_rng(self, key: str) -> random.Random | None:
         """Frame jitter and augmentation draws of one sample: a function of (seed, epoch, key), so
@@ -205,7 +217,7 @@ class ClipDecoder:
             )
 
     def __call__(self, sample: dict) -> dict | None:
-        if self._mel is None:
+        if not self._ready:
             self._setup()
         key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
         self.seen += 1

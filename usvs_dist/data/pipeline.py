@@ -9,14 +9,14 @@ position kept in the checkpoint. Batch keys: see docs/architecture.md ("Loader")
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from usvs_dist.config.schema import DataConfig
-from usvs_dist.data.decode import ClipDecoder, TarErrors, resolve_decode_context
+from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors, resolve_decode_context
 from usvs_dist.data.epoch import EpochPlan, plan_epoch, read_order, read_stream
 from usvs_dist.data.shards import Shard, load_index, split_shards
 
@@ -67,8 +67,9 @@ class RankEpoch(IterableDataset):
         # 3. Decord decode, frame sampling, image frame, augmentation; bad samples counted.
         decoded = _decode(samples, decoder)
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
-        #    barrier need every rank in step); uint8 frames become floats with each clip's
-        #    intensity jitter, and the narration log-mel, in one operation per batch.
+        #    barrier need every rank in step); frames stay uint8 across the process boundary.
+        # 5. (EpochLoader.epoch, in the training process, on its device) uint8 -> float with
+        #    each clip's intensity jitter, narration -> log-mel: one operation per batch.
         return _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
 
 
@@ -149,8 +150,10 @@ class EpochLoader:
             resample=self.cfg.resample,
         )
 
-    def epoch(self, epoch: int, positions: Positions | None = None) -> DataLoader:
-        """This rank's batches of `epoch`, continuing each worker's stream from `positions`."""
+    def epoch(
+        self, epoch: int, positions: Positions | None = None, device: torch.device | str = "cpu"
+    ) -> Iterable[dict]:
+        """This rank's batches of `epoch` on `device`, continuing each worker's stream from `positions`."""
         dataset = RankEpoch(
             self.cfg,
             self.shards,
@@ -163,7 +166,7 @@ class EpochLoader:
         )
         workers = self.cfg.loader_workers
         on_gpu = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank).on_gpu
-        return DataLoader(
+        batches = DataLoader(
             dataset,
             batch_size=None,
             num_workers=workers,
@@ -171,3 +174,4 @@ class EpochLoader:
             multiprocessing_context="spawn" if on_gpu and workers > 0 else None,
             pin_memory=self.use_gpu and not on_gpu,
         )
+        return map(BatchFinisher(self.cfg, device), batches)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from usvs_dist.config.schema import DataConfig
-from usvs_dist.data.decode import ClipDecoder, TarErrors
+from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors
 from usvs_dist.data.epoch import shard_samples
 from usvs_dist.data.shards import load_index, split_shards
 
@@ -82,7 +82,7 @@ def load_clips(cfg: DataConfig, location: str | Path, splits: list[str], max_cli
         raise ValueError(f"{location}: no decodable clip in splits {splits}")
     if decoder.bad:
         log.warning("%d clips of %s could not be decoded and are left out", decoder.bad, location)
-    batch = decoder.collate(decoded)
+    batch = BatchFinisher(cfg)(decoder.collate(decoded))
     return ClipSet(
         video=batch["video"],
         image=batch["image"],

@@ -215,7 +215,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     micro = 0
     tick = time.perf_counter()
     while state.step < cfg.train.steps:
-        for batch in loader.epoch(state.loader_epoch, progress.positions):
+        for batch in loader.epoch(state.loader_epoch, progress.positions, engine.device):
             lr = engine.get_lr()[0]  # the rate this optimizer step uses
             parts = train_step(engine, batch, cfg, make_views, state.step / cfg.train.steps)
             for k, v in parts.items():
