@@ -65,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
         "default $RAY_ADDRESS, which `ray job submit` sets, else local processes",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    b.add_argument(
+        "--log-paths",
+        action="store_true",
+        help="name the source file of each skipped scan on stderr (default: manifest line and column only)",
+    )
 
     i = sub.add_parser("inspect", help="print the index summary and decode samples")
     i.add_argument("folder", type=Path)
@@ -135,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "build":
             execution = Execution(
-                workers=args.workers, ray_address=ray_address(args.ray_address), progress=not args.no_progress
+                workers=args.workers,
+                ray_address=ray_address(args.ray_address),
+                progress=not args.no_progress,
+                log_paths=args.log_paths,
             )
             index = build(args.manifest, args.out, args.salt_file, _options(args), execution=execution)
             totals = index["totals"]

@@ -96,6 +96,8 @@ class Execution:
     workers: int = 1
     ray_address: str | None = None
     progress: bool = False
+    log_paths: bool = False
+    """Name the source file of a skipped scan on stderr (else only its manifest line and column)."""
 
 
 def _plan(rows: list[ScanRow], salt: bytes, opts: BuildOptions) -> tuple[list[ScanTask], dict[int, dict]]:
@@ -168,17 +170,16 @@ def _prepare_out(out: Path, fingerprint: str, overwrite: bool, log) -> Resumed:
     return Resumed({}, {})
 
 
-def _report(record: dict, row: ScanRow) -> None:
+def _report(record: dict, row: ScanRow, with_path: bool) -> None:
     error = record["error"]
     column = error["file"]
-    where = getattr(row, column, None) if column in ("video", "audio", "labels", "gaze") else None
-    if column == "audio" and where is None:
-        where = row.video
-    # stderr is the operator's console on the machine holding the scans: it names the file.
-    # index.json names only the manifest line and the column.
+    where = ""
+    if with_path and column in ("video", "audio", "labels", "gaze"):
+        where = f" {getattr(row, column, None) or row.video}"
+    # Paths can name patients and logs travel (Ray job logs, CI): by default the manifest line
+    # and column say which file; --log-paths adds the path for an operator on the secure machine.
     print(
-        f"sharding build: skipped manifest line {row.row} ({column}{f' {where}' if where else ''}): "
-        f"{error['reason']}",
+        f"sharding build: skipped manifest line {row.row} ({column} file{where}): {error['reason']}",
         file=sys.stderr,
     )
 
@@ -230,7 +231,7 @@ def build(
             todo.append(task)
     for position, record in sorted(records.items()):
         if "error" in record:
-            _report(record, rows[position])
+            _report(record, rows[position], execution.log_paths)
 
     kept = [s for split in schema.SPLITS for s in resumed.shards.get(split, [])]
     journal = Journal.create(
@@ -264,7 +265,7 @@ def build(
             journal.append({"scan": task.position, "record": record})
             records[task.position] = record
             if "error" in record:
-                _report(record, task.row)
+                _report(record, task.row, execution.log_paths)
             for k, clip in enumerate(result.clips, start=task.skip_written + 1):
                 writers[task.split].write(clip, opts.clip_seconds, task.position, k)
             clips_done += len(result.clips)

@@ -137,17 +137,19 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
             continue
         assert errors[line]["file"] == column, (sid, errors[line])
         assert words in errors[line]["reason"], (sid, errors[line])
-        assert f"manifest line {line} ({column}" in err, sid
+        assert f"manifest line {line} ({column} file)" in err, sid
     dup_line = len(rows) + 1
     assert errors[dup_line]["file"] == "scan_id" and "first on manifest line" in errors[dup_line]["reason"]
     assert len(errors) == len(cases)  # every bad row, the duplicate, and not the good scan
     assert index["totals"]["scans"] == 1 and index["totals"]["failed_scans"] == len(cases)
     assert index["totals"]["clips"] == 2  # the good scan's two whole seconds
     assert str(raw) not in json.dumps(index) and "nope" not in json.dumps(index)
-    assert "truncated.mp4" in err and str(raw / "l1.csv") in err  # the operator learns which file
+    assert str(raw) not in err and "truncated.mp4" not in err  # logs travel: no paths by default
     assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar"]
 
-    assert shard_main([*args, "--overwrite", "--allow-failures"]) == 0
+    assert shard_main([*args, "--overwrite", "--allow-failures", "--log-paths"]) == 0
+    err = capsys.readouterr().err
+    assert f"(video file {raw / 'truncated.mp4'})" in err and f"(labels file {raw / 'l1.csv'})" in err
 
 
 def test_a_scan_shorter_than_a_clip_is_counted_not_failed(tmp_path, salt_file):
