@@ -317,3 +317,12 @@ def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom
     assert (
         batch["video"].dtype == torch.float32 and 0.0 <= batch["video"].min() <= batch["video"].max() <= 1.0
     )
+
+
+def test_for_a_non_cpu_device_the_batch_is_finished_on_that_device(phantom_shards):
+    # "meta" stands in for a GPU here: the workers hand over uint8 frames, the finisher runs there.
+    cfg = _cfg(batch_size=3, num_frames=5, frame_size=32)
+    batch = next(iter(EpochLoader(cfg, phantom_shards, rank=0, world_size=1).epoch(0, device="meta")))
+    assert batch["video"].device.type == "meta" and batch["video"].shape == (3, 1, 5, 32, 32)
+    assert batch["audio"].device.type == "meta" and batch["image"].shape == (3, 1, 32, 32)
+    assert batch["labels"].device.type == "cpu"  # only what the finisher makes moves

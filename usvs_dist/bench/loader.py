@@ -1,9 +1,8 @@
 """`bench loader SHARDS`: clips/s of the training loader against Decord's ceiling and a naive loop.
 
-- loader: EpochLoader (tar streaming, Decord decode from bytes, frame sampling, crop and flip,
-  batching in the DataLoader workers; float conversion, intensity jitter and log-mel per batch
-  in this process, as on the training device) with 1 and 2 workers, timed from its first batch
-  to its last.
+- loader: EpochLoader for CPU training (tar streaming, Decord decode from bytes, frame
+  sampling, crop and flip, batching, float conversion with intensity jitter and log-mel, all in
+  the DataLoader workers) with 1 and 2 workers, timed from its first batch to its last.
 - raw Decord (the ceiling): the same clips' bytes already in memory, decoded in one process
   with the same frame indices and the same audio read, nothing else.
 - naive: one mp4 file per clip in a directory, opened with PyAV, every frame decoded and

@@ -38,11 +38,13 @@ class RankEpoch(IterableDataset):
         positions: Positions | None = None,
         use_gpu: bool = False,
         local_rank: int = 0,
+        finish_in_worker: bool = False,
     ):
         super().__init__()
         self.cfg, self.shards, self.plan, self.rank = cfg, shards, plan, rank
         self.clip_seconds, self.positions = clip_seconds, dict(positions or {})
         self.use_gpu, self.local_rank = use_gpu, local_rank
+        self.finish_in_worker = finish_in_worker
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -67,10 +69,12 @@ class RankEpoch(IterableDataset):
         # 3. Decord decode, frame sampling, image frame, augmentation; bad samples counted.
         decoded = _decode(samples, decoder)
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
-        #    barrier need every rank in step); frames stay uint8 across the process boundary.
-        # 5. (EpochLoader.epoch, in the training process, on its device) uint8 -> float with
-        #    each clip's intensity jitter, narration -> log-mel: one operation per batch.
-        return _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
+        #    barrier need every rank in step).
+        batches = _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
+        # 5. uint8 -> float with each clip's intensity jitter, narration -> log-mel, one operation
+        #    per batch: here when training on CPU (the workers share that work), else in the
+        #    training process on its GPU (EpochLoader.epoch), so uint8 crosses the boundary.
+        return map(BatchFinisher(self.cfg), batches) if self.finish_in_worker else batches
 
 
 def _decode(samples: Iterator[tuple[int, dict | None]], decoder: ClipDecoder) -> Iterator[tuple[int, dict]]:
@@ -154,6 +158,7 @@ class EpochLoader:
         self, epoch: int, positions: Positions | None = None, device: torch.device | str = "cpu"
     ) -> Iterable[dict]:
         """This rank's batches of `epoch` on `device`, continuing each worker's stream from `positions`."""
+        on_cpu = torch.device(device).type == "cpu"
         dataset = RankEpoch(
             self.cfg,
             self.shards,
@@ -163,6 +168,7 @@ class EpochLoader:
             positions,
             self.use_gpu,
             self.local_rank,
+            finish_in_worker=on_cpu,
         )
         workers = self.cfg.loader_workers
         on_gpu = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank).on_gpu
@@ -174,4 +180,4 @@ class EpochLoader:
             multiprocessing_context="spawn" if on_gpu and workers > 0 else None,
             pin_memory=self.use_gpu and not on_gpu,
         )
-        return map(BatchFinisher(self.cfg, device), batches)
+        return batches if on_cpu else map(BatchFinisher(self.cfg, device), batches)
