@@ -184,6 +184,30 @@ def _report(record: dict, row: ScanRow, with_path: bool) -> None:
     )
 
 
+def _remaining(
+    tasks: list[ScanTask], records: dict[int, dict], resumed: Resumed, out: Path
+) -> list[ScanTask]:
+    """The scans still to cut; scans whose clips are all in kept shards get their journaled record."""
+    todo: list[ScanTask] = []
+    for task in tasks:
+        if task.position in records:
+            continue  # failed in planning (a repeated scan_id)
+        through = resumed.through(task.split)
+        old = resumed.records.get(task.position)
+        if through is None or task.position > through[0]:
+            todo.append(task)
+        elif task.position < through[0] or (old is not None and old["written"] == through[1]):
+            if old is None:
+                raise BuildError(
+                    f"the build journal in {out} lacks manifest line {task.row.row}; "
+                    "pass --overwrite to start again"
+                )
+            records[task.position] = old
+        else:  # the kept shards end inside this scan: cut it again, skip what they hold
+            todo.append(ScanTask(**{**task.__dict__, "skip_written": through[1]}))
+    return todo
+
+
 def build(
     manifest: Path,
     out: Path,
@@ -209,26 +233,7 @@ def build(
     fingerprint = _fingerprint(tasks, opts)
     resumed = _prepare_out(out, fingerprint, opts.overwrite, log)
 
-    todo: list[ScanTask] = []
-    for task in tasks:
-        if task.position in records:
-            continue
-        through = resumed.through(task.split)
-        old = resumed.records.get(task.position)
-        if through is not None and task.position < through[0] and old is None:
-            raise BuildError(
-                f"the build journal in {out} lacks manifest line {task.row.row}; "
-                "pass --overwrite to start again"
-            )
-        if through is not None and (
-            task.position < through[0]
-            or (task.position == through[0] and old is not None and old["written"] == through[1])
-        ):
-            records[task.position] = old  # its clips are all in kept shards
-        elif through is not None and task.position == through[0]:
-            todo.append(ScanTask(**{**task.__dict__, "skip_written": through[1]}))
-        else:
-            todo.append(task)
+    todo = _remaining(tasks, records, resumed, out)
     for position, record in sorted(records.items()):
         if "error" in record:
             _report(record, rows[position], execution.log_paths)
