@@ -12,6 +12,8 @@ import decord
 from sharding.writer import sha256_file
 from usvs_dist.data import schema
 
+MAX_ERRORS_SHOWN = 20
+
 
 def decode_first(shard: Path) -> str:
     """Decode the first sample of a shard with Decord; returns a one-line description."""
@@ -50,6 +52,11 @@ def inspect(folder: Path, verify: bool = False, log=print) -> int:
         log(f"  {split}: {info['clips']} clips, {info['scans']} scans, {len(info['patients'])} patients")
     hist = index["speech_ratio_histogram"]
     log(f"  speech ratio histogram {hist['counts']} over edges {hist['edges']}")
+    for error in index.get("errors", [])[:MAX_ERRORS_SHOWN]:
+        where = f"manifest line {error['manifest_line']} ({error.get('file', '?')} file)"
+        log(f"  failed scan: {where}: {error['reason']}")
+    if len(index.get("errors", [])) > MAX_ERRORS_SHOWN:
+        log(f"  ... and {len(index['errors']) - MAX_ERRORS_SHOWN} more failed scans (index.json 'errors')")
     problems = 0
     shards = index["shards"] if verify else index["shards"][:1]
     for shard in shards:

@@ -147,6 +147,11 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
     assert str(raw) not in err and "truncated.mp4" not in err  # logs travel: no paths by default
     assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar"]
 
+    assert shard_main(["inspect", str(out)]) == 0  # failed scans do not make the shards bad
+    shown = capsys.readouterr().out
+    assert f"failed scan: manifest line {dup_line} (scan_id file): duplicate scan_id" in shown
+    assert shown.count("failed scan:") == len(cases)
+
     assert shard_main([*args, "--overwrite", "--allow-failures", "--log-paths"]) == 0
     err = capsys.readouterr().err
     assert f"(video file {raw / 'truncated.mp4'})" in err and f"(labels file {raw / 'l1.csv'})" in err
