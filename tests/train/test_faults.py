@@ -65,9 +65,10 @@ class _Run:
         return self.output
 
 
-def _train_workers() -> list[psutil.Process]:
-    """Ray Train worker processes (not their forked DataLoader workers, named pt_data_worker)."""
-    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "ray::RayTrainWorker"]
+def _train_workers(root: int) -> list[psutil.Process]:
+    """Ray Train worker processes under the driver `root` (the local Ray it started is its child);
+    not their forked DataLoader workers (pt_data_worker), nor a finishing earlier test's workers."""
+    return [p for p in psutil.Process(root).children(recursive=True) if p.name() == "ray::RayTrainWorker"]
 
 
 @pytest.mark.slow
@@ -75,7 +76,7 @@ def test_a_killed_worker_resumes_from_the_checkpoint_into_the_same_mlflow_run(ph
     job = _Run(tmp_path, phantom_shards, "train.steps=40", "train.max_failures=2", "train.run_name=fault")
     try:
         run_id = job.wait_for_step(14)
-        workers = _train_workers()
+        workers = _train_workers(job.proc.pid)
         assert len(workers) == 2, [w.cmdline() for w in workers]
         workers[1].send_signal(signal.SIGKILL)
     finally:
