@@ -20,7 +20,7 @@ import numpy as np
 
 from sharding.build import BuildOptions, Execution, build
 from sharding.manifest import read_manifest
-from sharding.media import MediaError, encode_mp4, letterbox
+from sharding.media import MediaError, encode_mp4, grey_square
 from usvs_dist.data import schema
 
 BENCH_SALT = b"sharding-bench-throwaway-salt"
@@ -51,14 +51,7 @@ def naive_cut(video: Path, audio: Path | None, opts: BuildOptions) -> int:
                     continue
                 if frame.time >= t1:
                     break
-                scale = opts.size / max(frame.width, frame.height)
-                w, h = (
-                    max(2, round(frame.width * scale)) // 2 * 2,
-                    max(2, round(frame.height * scale)) // 2 * 2,
-                )
-                frames.append(
-                    letterbox(frame.reformat(width=w, height=h, format="gray").to_ndarray(), opts.size)
-                )
+                frames.append(grey_square(frame, opts.size))
         if not frames:
             break
         pick = np.linspace(0, len(frames) - 1, per_clip).round().astype(int)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sharding.cut import ClipOptions, ScanTask, cut_scan
+from sharding.cut import ClipOptions, ScanTask, cut_scan, failed_record
 from sharding.deid import SaltError, assign_split, hash_id, read_salt
 from sharding.manifest import ScanRow, read_manifest
 from sharding.runners import describe, make_runner
@@ -110,21 +110,8 @@ def _plan(rows: list[ScanRow], salt: bytes, opts: BuildOptions) -> tuple[list[Sc
         split = assign_split(patient_hash, opts.split_fractions)
         task = ScanTask(position, row, scan_hash, patient_hash, split)
         if row.scan_id in first_line:
-            failed[position] = {
-                "scan": scan_hash,
-                "patient": patient_hash,
-                "split": split,
-                "line": row.row,
-                "error": {
-                    "file": "scan_id",
-                    "reason": f"duplicate scan_id (first on manifest line {first_line[row.scan_id]})",
-                },
-                "cut_ratios": [],
-                "written": 0,
-                "labelled": 0,
-                "seconds": 0.0,
-                "tail_seconds": 0.0,
-            }
+            reason = f"duplicate scan_id (first on manifest line {first_line[row.scan_id]})"
+            failed[position] = failed_record(task, "scan_id", reason)
         else:
             first_line[row.scan_id] = row.row
         tasks.append(task)

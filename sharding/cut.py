@@ -76,6 +76,22 @@ class ScanFailure(Exception):
         self.reason = reason
 
 
+def failed_record(task: ScanTask, column: str, reason: str) -> dict:
+    """The record of a scan that produced no clips: its ids, split, line, and the error."""
+    return {
+        "scan": task.scan_hash,
+        "patient": task.patient_hash,
+        "split": task.split,
+        "line": task.row.row,
+        "error": {"file": column, "reason": scrub(reason, task.row)},
+        "cut_ratios": [],
+        "written": 0,
+        "labelled": 0,
+        "seconds": 0.0,
+        "tail_seconds": 0.0,
+    }
+
+
 def speech_activity(audio_N: np.ndarray, rate: int) -> tuple[float, float]:
     """(speech ratio, loudness dBFS) by an energy detector.
 
@@ -154,20 +170,15 @@ def _column(column: str, fn, *args):
 
 def cut_scan(task: ScanTask, opts: ClipOptions) -> ScanResult:
     """Cut one scan into clips every stride_seconds; failures become the record's `error`."""
-    result = ScanResult(task.position)
-    record = result.record
-    record.update(scan=task.scan_hash, patient=task.patient_hash, split=task.split, line=task.row.row)
+    record = {"scan": task.scan_hash, "patient": task.patient_hash, "split": task.split, "line": task.row.row}
     try:
-        result.clips = _cut(task, opts, record)
+        return ScanResult(task.position, _cut(task, opts, record), record)
     except ScanFailure as exc:
-        record.update(error={"file": exc.column, "reason": scrub(exc.reason, task.row)})
+        return ScanResult(task.position, [], failed_record(task, exc.column, exc.reason))
     except Exception as exc:  # one odd file must not end a build of thousands; it is reported
-        reason = scrub(f"unexpected {type(exc).__name__}: {exc}", task.row)
-        record.update(error={"file": "video", "reason": reason})
-    if "error" in record:
-        record.update(cut_ratios=[], written=0, labelled=0, seconds=0.0, tail_seconds=0.0)
-        result.clips = []
-    return result
+        return ScanResult(
+            task.position, [], failed_record(task, "video", f"unexpected {type(exc).__name__}: {exc}")
+        )
 
 
 _QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:)?[/\\][^'"]*\1""")

@@ -99,6 +99,14 @@ def letterbox(gray_HW: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def grey_square(frame: av.VideoFrame, size: int) -> np.ndarray:
+    """A decoded frame scaled (aspect kept, even sides) and letterboxed to a size x size grey image."""
+    scale = size / max(frame.width, frame.height)
+    w = max(2, round(frame.width * scale)) // 2 * 2
+    h = max(2, round(frame.height * scale)) // 2 * 2
+    return letterbox(frame.reformat(width=w, height=h, format="gray").to_ndarray(), size)
+
+
 def read_video(path: Path, fps: float, size: int) -> VideoTrack:
     """Decode a scan's video onto a grid of `fps`, letterboxed to size x size grey frames.
 
@@ -126,10 +134,7 @@ def read_video(path: Path, fps: float, size: int) -> VideoTrack:
                 t = (
                     frame.time if frame.time is not None else n_src / float(stream.average_rate or 30)
                 ) - start
-                scale = size / max(frame.width, frame.height)
-                w = max(2, round(frame.width * scale)) // 2 * 2
-                h = max(2, round(frame.height * scale)) // 2 * 2
-                gray = letterbox(frame.reformat(width=w, height=h, format="gray").to_ndarray(), size)
+                gray = grey_square(frame, size)
                 if prev is not None:
                     period_sum += t - prev_t
                     # Nearest-frame rule: grid points before the midpoint belong to the previous frame.

@@ -78,29 +78,30 @@ def draw_intensity(cfg: AugmentConfig, rng: random.Random | None) -> tuple[float
     return contrast, brightness
 
 
-def finish_batch(frames_BTHW: torch.Tensor, intensity_B2: torch.Tensor) -> torch.Tensor:
-    """uint8 clips -> floats in [0, 1] with each clip's ((x - mean) * contrast + mean) * brightness.
-
-    Three in-place passes over the floats; torch's mixed uint8/float kernels were ten times slower.
-    """
+def jitter_batch(frames_BTHW: torch.Tensor, intensity_B2: torch.Tensor) -> torch.Tensor:
+    """Float clips in [0, 1] -> ((x - mean) * contrast + mean) * brightness per clip, clamped; in place."""
     B = frames_BTHW.shape[0]
     contrast, brightness = (intensity_B2[:, k].float().view(B, 1, 1, 1) for k in (0, 1))
-    out = frames_BTHW.float()
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)  # of the 0-255 values
-    out.mul_(contrast * brightness / 255).add_(mean * (1 - contrast) * brightness / 255)
-    return out.clamp_(0.0, 1.0)
+    mean = frames_BTHW.mean(dim=(1, 2, 3), keepdim=True)
+    frames_BTHW.mul_(contrast * brightness).add_(mean * (1 - contrast) * brightness)
+    return frames_BTHW.clamp_(0.0, 1.0)
+
+
+def finish_batch(frames_BTHW: torch.Tensor, intensity_B2: torch.Tensor) -> torch.Tensor:
+    """uint8 clips -> floats in [0, 1] with each clip's contrast and brightness (jitter_batch).
+
+    In-place passes over the floats; torch's mixed uint8/float kernels were ten times slower.
+    """
+    return jitter_batch(frames_BTHW.float().mul_(1 / 255), intensity_B2)
 
 
 def augment_frames(
     frames_THW: torch.Tensor, cfg: AugmentConfig, size: int, rng: random.Random
 ) -> torch.Tensor:
     """One random crop/flip/jitter for a whole clip of floats, resized to size x size, kept in [0, 1]."""
-    out = crop_and_flip(frames_THW, cfg, size, rng)
-    contrast, brightness = draw_intensity(cfg, rng)
-    if contrast != 1.0:
-        mean = out.mean()
-        out = (out - mean) * contrast + mean
-    return (out * brightness).clamp_(0.0, 1.0)
+    # A copy: the resize returns its input unchanged when the crop is already size x size.
+    out = crop_and_flip(frames_THW, cfg, size, rng).clone()
+    return jitter_batch(out.unsqueeze(0), torch.tensor([draw_intensity(cfg, rng)]))[0]
 
 
 def resize_frames(frames_THW: torch.Tensor, size: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
 Output per sample: frames_NHW uint8 (the T clip frames, then the image frame; cropped, flipped
 and resized), intensity_2 (the clip's contrast and brightness draw), wave_N (the narration),
-labels_T (-1 when the shard has none), gaze_T2 (NaN when none), meta. `ClipDecoder.collate`
+labels_T (-1 when the shard has none), gaze_T2 (NaN when none), meta. torch's `default_collate`
 stacks them (uint8 frames cross to the training process at a quarter of the bytes of floats);
 `BatchFinisher`, run where the batch is consumed (on the training device), makes video_BCTHW
 and image_BCHW floats in [0, 1] with each clip's intensity jitter and audio_B1MF log-mel, each
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 import torchaudio
-from torch.utils.data import default_collate
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
@@ -189,10 +188,6 @@ class ClipDecoder:
         self.worker = info.id if info is not None else 0
         self._ctx = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank)
         self._ready = True
-
-    def collate(self, samples: list[dict]) -> dict:
-        """Decoded samples -> one batch, frames still uint8 (BatchFinisher completes it)."""
-        return default_collate(samples)
 
     def sample_rng(self, key: str) -> random.Random | None:
         """Frame jitter and augmentation draws of one sample: a function of (seed, epoch, key), so

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors, resolve_decode_context
@@ -102,7 +102,7 @@ def _batches(
             pending.append(sample)
             if len(pending) < size:
                 continue
-            last, pending = decoder.collate(pending), []
+            last, pending = default_collate(pending), []
         elif last is None:
             raise RuntimeError(
                 f"loader worker {worker} produced no full batch of {size} from its shards "

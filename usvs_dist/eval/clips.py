@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import default_collate
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors
@@ -82,7 +83,7 @@ def load_clips(cfg: DataConfig, location: str | Path, splits: list[str], max_cli
         raise ValueError(f"{location}: no decodable clip in splits {splits}")
     if decoder.bad:
         log.warning("%d clips of %s could not be decoded and are left out", decoder.bad, location)
-    batch = BatchFinisher(cfg)(decoder.collate(decoded))
+    batch = BatchFinisher(cfg)(default_collate(decoded))
     return ClipSet(
         video=batch["video"],
         image=batch["image"],
