@@ -11,6 +11,7 @@ from collections import Counter
 
 import decord
 import fsspec
+import numpy as np
 import pytest
 import torch
 
@@ -163,12 +164,24 @@ def _corrupt(kind: str):
             return {**sample, "mp4": b"not an mp4" * 50}
         if kind == "missing_key":
             return {k: v for k, v in sample.items() if k != "json"}
+        if kind == "other_size":
+            return {**sample, "mp4": _other_size(sample["mp4"])}
         if kind == "short_audio":
             meta = json.loads(sample["json"])
             return sample if meta is None else {**sample, "mp4": _strip_audio_tail(sample["mp4"])}
         return None  # "missing_sample": the tar holds one clip fewer than index.json says
 
     return mutate
+
+
+def _other_size(mp4: bytes) -> bytes:
+    """A clip of the same length and narration whose frames are 96 x 96 (the shards store 64 x 64)."""
+    from sharding.media import encode_mp4
+
+    frames = len(decord.VideoReader(io.BytesIO(mp4)))
+    audio = decord.AudioReader(io.BytesIO(mp4), sample_rate=16000, mono=True)
+    wave = audio[:].asnumpy().reshape(-1)
+    return encode_mp4(np.full((frames, 96, 96), 90, np.uint8), 8.0, wave, 16000)
 
 
 def _strip_audio_tail(mp4: bytes) -> bytes:
@@ -196,8 +209,8 @@ def _strip_audio_tail(mp4: bytes) -> bytes:
     return out_buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["corrupt_mp4", "missing_key", "short_audio"])
-def test_each_kind_of_bad_sample_is_skipped_and_counted(kind, phantom_shards, tmp_path):
+@pytest.mark.parametrize("kind", ["corrupt_mp4", "missing_key", "short_audio", "other_size"])
+def test_each_kind_of_bad_sample_is_skipped_and_counted(kind, phantom_shards, tmp_path, caplog):
     samples = phantom_samples(phantom_shards)
     out = write_shards(tmp_path / kind, read_index(phantom_shards), [6], samples, _corrupt(kind))
     loader = EpochLoader(_cfg(batch_size=5), out, rank=0, world_size=1)
@@ -205,6 +218,9 @@ def test_each_kind_of_bad_sample_is_skipped_and_counted(kind, phantom_shards, tm
     assert len(batches) == 1 and len(batches[0]["__key__"]) == 5
     assert batches[0]["bad_samples"] == 1
     assert all(not k.endswith("0001") for k in batches[0]["__key__"])
+    reason = {"missing_key": "missing key 'json'", "short_audio": "audio has"}
+    reason["other_size"] = "frames are 96x96, this stream's earlier clips 64x64"
+    assert reason.get(kind, "skipped sample") in caplog.text
 
 
 def test_a_shard_shorter_than_its_index_count_is_counted(phantom_shards, tmp_path):
@@ -302,12 +318,10 @@ def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom
     cfg = _cfg(batch_size=3, num_frames=5, frame_size=32)
     loader = EpochLoader(cfg, phantom_shards, rank=0, world_size=1)
     raw = next(iter(RankEpoch(cfg, loader.shards, loader.plan(0), 0, loader.clip_seconds)))
-    assert raw["frames"].dtype == torch.uint8 and raw["frames"].shape == (
-        3,
-        6,
-        32,
-        32,
-    )  # T clip frames + image
+    stored = read_index(phantom_shards)["size"]
+    # T clip frames + the image frame, at the stored size: the crop is drawn, not yet applied.
+    assert raw["frames"].dtype == torch.uint8 and raw["frames"].shape == (3, 6, *stored)
+    assert raw["crop"].shape == (3, 5)
     assert "video" not in raw and "audio" not in raw
     done = BatchFinisher(cfg)(dict(raw))
     batch = next(iter(loader.epoch(0)))
@@ -326,3 +340,23 @@ def test_for_a_non_cpu_device_the_batch_is_finished_on_that_device(phantom_shard
     assert batch["video"].device.type == "meta" and batch["video"].shape == (3, 1, 5, 32, 32)
     assert batch["audio"].device.type == "meta" and batch["image"].shape == (3, 1, 32, 32)
     assert batch["labels"].device.type == "cpu"  # only what the finisher makes moves
+
+
+def test_mel_power_equals_torchaudios_mel_spectrogram():
+    import torchaudio
+
+    from usvs_dist.data.decode import mel_transform
+
+    cfg = DataConfig()
+    wave = torch.randn(3, 2 * cfg.sample_rate)
+    reference = torchaudio.transforms.MelSpectrogram(
+        sample_rate=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels,
+        f_min=cfg.f_min,
+        f_max=cfg.f_max,
+    )(wave)
+    got = mel_transform(cfg)(wave)
+    assert got.shape == reference.shape
+    assert torch.allclose(got, reference, rtol=1e-4, atol=1e-6)

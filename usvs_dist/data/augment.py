@@ -5,9 +5,11 @@ The sector is the bounding box of pixels brighter than the background over the c
 of a curvilinear probe, without the letterbox and the dark margins), so crops never frame
 empty background. Shapes: B clips, T frames, H x W pixels.
 
-The loader splits the work: the crop, resize and flip run per clip on uint8 frames (a quarter of
-the bytes of floats), and the intensity jitter, drawn per clip, is applied to the whole batch at
-once while it becomes float (`finish_batch`).
+The loader splits the work: each clip's crop and flip are drawn where it is decoded (they need
+only its sector box), and applied with the intensity jitter to the whole batch where the batch is
+consumed (`finish_batch`): in the DataLoader workers when training on CPU, on the GPU otherwise,
+so the workers there only decode and uint8 frames at their stored size cross the process
+boundary.
 """
 
 from __future__ import annotations
@@ -55,18 +57,36 @@ def crop_in_box(
     return box
 
 
+Crop = tuple[int, int, int, int, int]
+"""One clip's (top, left, height, width, flip) in the pixels of its stored frames."""
+
+
+def draw_crop(frames_THW: torch.Tensor, cfg: AugmentConfig, rng: random.Random) -> Crop:
+    """A random crop inside the clip's sector and an optional flip, drawn once for all its frames."""
+    top, left, h, w = crop_in_box(sector_box(frames_THW), cfg.crop_min_scale, rng)
+    return top, left, h, w, int(cfg.flip and rng.random() < 0.5)
+
+
+def whole_frame(frames_THW: torch.Tensor) -> Crop:
+    """The crop that keeps the whole frame, unflipped (no augmentation)."""
+    return 0, 0, frames_THW.shape[-2], frames_THW.shape[-1], 0
+
+
+def apply_crop(frames_THW: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
+    """The crop of every frame resized to size x size (antialiased; uint8 stays uint8), then flipped.
+
+    A view of the input when the crop is the whole frame at size x size and unflipped.
+    """
+    top, left, h, w, flip = crop
+    out = TF.resized_crop(frames_THW.unsqueeze(1), top, left, h, w, [size, size], antialias=True).squeeze(1)
+    return out.flip(-1) if flip else out
+
+
 def crop_and_flip(
     frames_THW: torch.Tensor, cfg: AugmentConfig, size: int, rng: random.Random
 ) -> torch.Tensor:
-    """One random crop inside the sector and optional flip for the whole clip, resized to size x size.
-
-    Keeps the dtype: uint8 frames stay uint8 (torch's antialiased uint8 resize).
-    """
-    top, left, h, w = crop_in_box(sector_box(frames_THW), cfg.crop_min_scale, rng)
-    out = TF.resized_crop(frames_THW.unsqueeze(1), top, left, h, w, [size, size], antialias=True).squeeze(1)
-    if cfg.flip and rng.random() < 0.5:
-        out = out.flip(-1)
-    return out
+    """One random crop inside the sector and optional flip for the whole clip, resized to size x size."""
+    return apply_crop(frames_THW, draw_crop(frames_THW, cfg, rng), size)
 
 
 def draw_intensity(cfg: AugmentConfig, rng: random.Random | None) -> tuple[float, float]:
@@ -78,21 +98,39 @@ def draw_intensity(cfg: AugmentConfig, rng: random.Random | None) -> tuple[float
     return contrast, brightness
 
 
+def jitter_gain_offset(intensity_B2: torch.Tensor, mean_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per clip, x -> x * gain + offset equals ((x - mean) * contrast + mean) * brightness."""
+    contrast, brightness = intensity_B2[:, 0].float(), intensity_B2[:, 1].float()
+    return contrast * brightness, mean_B * (1 - contrast) * brightness
+
+
 def jitter_batch(frames_BTHW: torch.Tensor, intensity_B2: torch.Tensor) -> torch.Tensor:
-    """Float clips in [0, 1] -> ((x - mean) * contrast + mean) * brightness per clip, clamped; in place."""
+    """Float clips in [0, 1] -> each clip's contrast and brightness (jitter_gain_offset); in place."""
     B = frames_BTHW.shape[0]
-    contrast, brightness = (intensity_B2[:, k].float().view(B, 1, 1, 1) for k in (0, 1))
-    mean = frames_BTHW.mean(dim=(1, 2, 3), keepdim=True)
-    frames_BTHW.mul_(contrast * brightness).add_(mean * (1 - contrast) * brightness)
+    gain, offset = jitter_gain_offset(intensity_B2, frames_BTHW.reshape(B, -1).mean(dim=1))
+    frames_BTHW.mul_(gain.view(B, 1, 1, 1)).add_(offset.view(B, 1, 1, 1))
     return frames_BTHW.clamp_(0.0, 1.0)
 
 
-def finish_batch(frames_BTHW: torch.Tensor, intensity_B2: torch.Tensor) -> torch.Tensor:
-    """uint8 clips -> floats in [0, 1] with each clip's contrast and brightness (jitter_batch).
+def finish_batch(
+    frames_BNHW: torch.Tensor, crops: list[Crop], intensity_B2: torch.Tensor, size: int, clip_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 frames at stored size -> (the first `clip_frames` of each clip, the rest), each clip
+    cropped and flipped as drawn, resized to size x size, as floats in [0, 1] with its jitter.
 
-    In-place passes over the floats; torch's mixed uint8/float kernels were ten times slower.
+    The jitter's mean is over all of a clip's frames, so the clip and its image frame get the same
+    intensity map. The two outputs are converted separately, so neither is a copy of a slice.
     """
-    return jitter_batch(frames_BTHW.float().mul_(1 / 255), intensity_B2)
+    B = frames_BNHW.shape[0]
+    sized = torch.stack([apply_crop(f, c, size) for f, c in zip(frames_BNHW, crops, strict=True)])
+    mean = sized.reshape(B, -1).sum(dim=1, dtype=torch.float64).float() / (255 * sized[0].numel())
+    gain, offset = jitter_gain_offset(intensity_B2, mean)
+    gain, offset = (gain / 255).view(B, 1, 1, 1), offset.view(B, 1, 1, 1)
+    # In-place passes over the floats; torch's mixed uint8/float kernels were ten times slower.
+    return tuple(
+        part.float().mul_(gain).add_(offset).clamp_(0.0, 1.0)
+        for part in (sized[:, :clip_frames], sized[:, clip_frames:])
+    )
 
 
 def augment_frames(
@@ -103,9 +141,3 @@ def augment_frames(
     out = crop_and_flip(frames_THW, cfg, size, rng).clone()
     return jitter_batch(out.unsqueeze(0), torch.tensor([draw_intensity(cfg, rng)]))[0]
 
-
-def resize_frames(frames_THW: torch.Tensor, size: int) -> torch.Tensor:
-    """Frames resized to size x size (no augmentation)."""
-    if frames_THW.shape[-2:] == (size, size):
-        return frames_THW
-    return TF.resize(frames_THW.unsqueeze(1), [size, size], antialias=True).squeeze(1)

@@ -1,13 +1,14 @@
 """Decode one WebDataset sample (clip mp4 + json) with Decord into training tensors.
 
 Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
-Output per sample: frames_NHW uint8 (the T clip frames, then the image frame; cropped, flipped
-and resized), intensity_2 (the clip's contrast and brightness draw), wave_N (the narration),
-labels_T (-1 when the shard has none), gaze_T2 (NaN when none), meta. torch's `default_collate`
-stacks them (uint8 frames cross to the training process at a quarter of the bytes of floats);
-`BatchFinisher`, run where the batch is consumed (on the training device), makes video_BCTHW
-and image_BCHW floats in [0, 1] with each clip's intensity jitter and audio_B1MF log-mel, each
-in one batched operation.
+Output per sample: frames_NHW uint8 at the stored size (the T clip frames, then the image
+frame), crop_5 (the clip's crop and flip draw), intensity_2 (its contrast and brightness draw),
+wave_N (the narration), labels_T (-1 when the shard has none), gaze_T2 (NaN when none), meta.
+torch's `default_collate` stacks them (uint8 frames cross to the training process at a quarter of
+the bytes of floats); `BatchFinisher`, run where the batch is consumed (in the workers when
+training on CPU, on the training GPU otherwise), crops, flips and resizes each clip and makes
+video_BCTHW and image_BCHW floats in [0, 1] with its intensity jitter, and audio_B1MF log-mel in
+one batched operation. So on a GPU the workers only read, decode and pick frames.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torchaudio
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
-from usvs_dist.data.augment import crop_and_flip, draw_intensity, finish_batch, resize_frames
+from usvs_dist.data.augment import draw_crop, draw_intensity, finish_batch, whole_frame
 
 log = logging.getLogger(__name__)
 MIN_SAMPLES_FOR_BAD_FRACTION = 50
@@ -41,24 +42,39 @@ def sample_frame_indices(n_frames: int, T: int, rng: random.Random | None) -> li
     """T indices spread uniformly over n_frames: a random one per segment, or the centres if rng is None."""
     if n_frames < 1:
         raise ValueError("a clip needs at least one frame")
-    edges = np.linspace(0, n_frames, T + 1)
     out = []
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    for k in range(T):
+        a, b = n_frames * k / T, n_frames * (k + 1) / T
         pos = rng.uniform(a, b) if rng is not None else (a + b) / 2
         out.append(min(n_frames - 1, int(pos)))
     return out
 
 
-def mel_transform(cfg: DataConfig) -> torchaudio.transforms.MelSpectrogram:
-    """torchaudio's mel spectrogram with the data config's rate, FFT, hop, bins and band."""
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=cfg.sample_rate,
-        n_fft=cfg.n_fft,
-        hop_length=cfg.hop_length,
-        n_mels=cfg.n_mels,
-        f_min=cfg.f_min,
-        f_max=cfg.f_max,
-    )
+class MelPower(torch.nn.Module):
+    """torchaudio's power mel spectrogram, |X|^2 taken as re^2 + im^2: MelSpectrogram's
+    `abs().pow(2)` takes a square root only to undo it (a third of the log-mel's time)."""
+
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=None
+        )
+        self.mel_scale = torchaudio.transforms.MelScale(
+            n_mels=cfg.n_mels,
+            sample_rate=cfg.sample_rate,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            n_stft=cfg.n_fft // 2 + 1,
+        )
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """[..., N] samples -> [..., n_mels, frames] mel power."""
+        return self.mel_scale(torch.view_as_real(self.spectrogram(wave)).square().sum(-1))
+
+
+def mel_transform(cfg: DataConfig) -> MelPower:
+    """The mel power spectrogram with the data config's rate, FFT, hop, bins and band."""
+    return MelPower(cfg)
 
 
 def frames_to_decode(video: decord.VideoReader, indices: list[int]) -> tuple[list[int], int]:
@@ -91,23 +107,25 @@ def read_wave(data: bytes, sample_rate: int) -> np.ndarray:
 
 
 class BatchFinisher:
-    """The loader's last stage, run where batches are consumed (the training device): uint8 frames
-    -> float video and image with each clip's intensity jitter, narration -> log-mel."""
+    """The loader's last stage, run where batches are consumed (the training device): each clip's
+    crop, flip and intensity jitter on its uint8 frames -> float video and image, narration ->
+    log-mel."""
 
     def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
-        self.channels = cfg.channels
+        self.channels, self.size, self.clip_frames = cfg.channels, cfg.frame_size, cfg.num_frames
         self.device = torch.device(device)
         self.mel = mel_transform(cfg).to(self.device)
 
     def __call__(self, batch: dict) -> dict:
-        """Complete a collated batch in place of its `frames`, `intensity` and `wave`; returns it."""
+        """Complete a collated batch in place of its `frames`, `crop`, `intensity` and `wave`; returns it."""
+        crops = [tuple(c) for c in batch.pop("crop").tolist()]
         frames = batch.pop("frames").to(self.device, non_blocking=True)
         intensity = batch.pop("intensity").to(self.device, non_blocking=True)
-        frames_BNHW = finish_batch(frames, intensity)
-        B, C = frames_BNHW.shape[0], self.channels
-        T, S = frames_BNHW.shape[1] - 1, frames_BNHW.shape[-1]
-        batch["video"] = frames_BNHW[:, :T].unsqueeze(1).expand(B, C, T, S, S).contiguous()
-        batch["image"] = frames_BNHW[:, T].unsqueeze(1).expand(B, C, S, S).contiguous()
+        video_BTHW, image_B1HW = finish_batch(frames, crops, intensity, self.size, self.clip_frames)
+        B, C, T, S = video_BTHW.shape[0], self.channels, self.clip_frames, self.size
+        # expand + contiguous copies only for C > 1 (grey repeated for RGB encoders).
+        batch["video"] = video_BTHW.unsqueeze(1).expand(B, C, T, S, S).contiguous()
+        batch["image"] = image_B1HW.expand(B, C, S, S).contiguous()
         wave_BN = batch.pop("wave").to(self.device, non_blocking=True)
         batch["audio"] = torch.log(self.mel(wave_BN.float()) + 1e-6).unsqueeze(1)
         return batch
@@ -180,6 +198,7 @@ class ClipDecoder:
         self.seen = 0
         self.frames_decoded = 0
         self.frames_used = 0
+        self.stored_shape: tuple[int, ...] | None = None
         self._ready = False
         self._ctx: DecodeContext | None = None
 
@@ -241,20 +260,28 @@ class ClipDecoder:
         self.frames_decoded += decoded
         self.frames_used += len(wanted)
         frames = video.get_batch(wanted)
-        # On a CUDA Decord the frames stay on the GPU and are handed to torch without a copy.
-        frames_NHWC = (
-            torch.utils.dlpack.from_dlpack(frames.to_dlpack())
+        order = [wanted.index(i) for i in idx + [image_idx]]
+        # Grey lives in the first channel: only it, of only the used frames, is copied (numpy's
+        # index does that in one pass; torch's was 2.5 times slower). On a CUDA Decord the frames
+        # stay on the GPU and are handed to torch without a copy.
+        grey_NHW = (
+            torch.utils.dlpack.from_dlpack(frames.to_dlpack())[..., 0][order]
             if self._ctx.on_gpu
-            else torch.from_numpy(frames.asnumpy())
+            else torch.from_numpy(frames.asnumpy()[order, :, :, 0])
         )
-        # Grey lives in the first channel: index that view, so only the used frames are copied.
-        grey_NHW = frames_NHWC[..., 0][[wanted.index(i) for i in idx + [image_idx]]]
-        # The clip and its image frame share one crop, so the modalities stay aligned.
+        # Frames cross to the finisher at their stored size, stacked: one size per stream.
+        shape = tuple(grey_NHW.shape[-2:])
+        self.stored_shape = self.stored_shape or shape
+        if shape != self.stored_shape:
+            raise BadSample(
+                f"frames are {shape[0]}x{shape[1]}, this stream's earlier clips "
+                f"{self.stored_shape[0]}x{self.stored_shape[1]} (the shards of one index share one size)"
+            )
+        # The crop and flip are drawn here (from the clip's sector) and applied by BatchFinisher,
+        # where the batch is consumed; the clip and its image frame share them, so the modalities
+        # stay aligned.
         augment = rng is not None and cfg.augment.enabled
-        if augment:
-            grey_NHW = crop_and_flip(grey_NHW, cfg.augment, cfg.frame_size, rng)
-        else:
-            grey_NHW = resize_frames(grey_NHW, cfg.frame_size)
+        crop = draw_crop(grey_NHW, cfg.augment, rng) if augment else whole_frame(grey_NHW)
         intensity = draw_intensity(cfg.augment, rng if augment else None)
 
         wave_N = torch.from_numpy(read_wave(data, cfg.sample_rate))[: self.samples]
@@ -264,7 +291,8 @@ class ClipDecoder:
         labels = meta.get(schema.META_LABELS)
         gaze = meta.get(schema.META_GAZE)
         return {
-            "frames": grey_NHW.contiguous(),
+            "frames": grey_NHW,
+            "crop": torch.tensor(crop),
             "intensity": torch.tensor(intensity, dtype=torch.float32),
             "wave": wave_N,
             "labels": torch.tensor([labels[i] for i in idx] if labels else [-1] * len(idx)),

@@ -66,14 +66,15 @@ class RankEpoch(IterableDataset):
         order = read_order(units, self.cfg.interleave, f"{self.cfg.seed}-{self.plan.epoch}-{stream}")
         # 2. Tar -> samples from the position on; tar errors are logged, counted, skipped.
         samples = read_stream(self.shards, units, order, start, TarErrors(decoder))
-        # 3. Decord decode, frame sampling, image frame, augmentation; bad samples counted.
+        # 3. Decord decode, frame sampling, image frame, the crop and jitter draws; bad samples counted.
         decoded = _decode(samples, decoder)
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
         #    barrier need every rank in step).
         batches = _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
-        # 5. uint8 -> float with each clip's intensity jitter, narration -> log-mel, one operation
-        #    per batch: here when training on CPU (the workers share that work), else in the
-        #    training process on its GPU (EpochLoader.epoch), so uint8 crosses the boundary.
+        # 5. Each clip's crop, flip and intensity jitter, uint8 -> float, narration -> log-mel, per
+        #    batch: here when training on CPU (the workers share that work), else in the training
+        #    process on its GPU (EpochLoader.epoch), so the workers only read and decode and uint8
+        #    frames at their stored size cross the boundary.
         return map(BatchFinisher(self.cfg), batches) if self.finish_in_worker else batches
 
 
@@ -155,10 +156,19 @@ class EpochLoader:
         )
 
     def epoch(
-        self, epoch: int, positions: Positions | None = None, device: torch.device | str = "cpu"
+        self,
+        epoch: int,
+        positions: Positions | None = None,
+        device: torch.device | str = "cpu",
+        finish_in_workers: bool | None = None,
     ) -> Iterable[dict]:
-        """This rank's batches of `epoch` on `device`, continuing each worker's stream from `positions`."""
+        """This rank's batches of `epoch` on `device`, continuing each worker's stream from `positions`.
+
+        The batches are finished (crop, float, jitter, log-mel) in the workers when `device` is the
+        CPU and on `device` otherwise, unless `finish_in_workers` says where.
+        """
         on_cpu = torch.device(device).type == "cpu"
+        in_workers = on_cpu if finish_in_workers is None else finish_in_workers
         dataset = RankEpoch(
             self.cfg,
             self.shards,
@@ -168,7 +178,7 @@ class EpochLoader:
             positions,
             self.use_gpu,
             self.local_rank,
-            finish_in_worker=on_cpu,
+            finish_in_worker=in_workers,
         )
         workers = self.cfg.loader_workers
         on_gpu = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank).on_gpu
@@ -180,4 +190,4 @@ class EpochLoader:
             multiprocessing_context="spawn" if on_gpu and workers > 0 else None,
             pin_memory=self.use_gpu and not on_gpu,
         )
-        return batches if on_cpu else map(BatchFinisher(self.cfg, device), batches)
+        return batches if in_workers else map(BatchFinisher(self.cfg, device), batches)
