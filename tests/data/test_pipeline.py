@@ -333,6 +333,20 @@ def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom
     )
 
 
+def test_finishing_in_the_consumer_gives_the_batches_finishing_in_the_workers_gives(phantom_shards):
+    # The GPU configuration's split (workers decode, the consumer crops and finishes), run on CPU.
+    cfg = _cfg(batch_size=3, num_frames=5, frame_size=48, loader_workers=1)
+    loader = EpochLoader(cfg, phantom_shards, rank=0, world_size=1)
+    in_workers = list(loader.epoch(0))
+    in_consumer = list(loader.epoch(0, finish_in_workers=False))
+    assert len(in_workers) == len(in_consumer) >= 2
+    for a, b in zip(in_workers, in_consumer, strict=True):
+        assert a["__key__"] == b["__key__"]
+        assert a["video"].shape == (3, 1, 5, 48, 48)
+        for key in ("video", "image", "audio", "labels"):
+            assert torch.equal(a[key], b[key]), key
+
+
 def test_for_a_non_cpu_device_the_batch_is_finished_on_that_device(phantom_shards):
     # "meta" stands in for a GPU here: the workers hand over uint8 frames, the finisher runs there.
     cfg = _cfg(batch_size=3, num_frames=5, frame_size=32)
