@@ -59,4 +59,3 @@ def test_drawn_crop_then_batch_finish_matches_the_float_path():
         assert split.shape == whole.shape == (4, 24, 24)
         assert (split - whole).abs().max() < 3 / 255  # only the uint8 rounding of the resize differs
     assert draw_intensity(cfg, None) == (1.0, 1.0)
-

@@ -19,7 +19,7 @@ from tests.data.shardkit import phantom_samples, write_shards
 from usvs_dist.config import AugmentConfig, DataConfig
 from usvs_dist.data import epoch as epoch_mod
 from usvs_dist.data import schema
-from usvs_dist.data.decode import resolve_decode_context, sample_frame_indices
+from usvs_dist.data.decode import read_wave, resolve_decode_context, sample_frame_indices
 from usvs_dist.data.epoch import plan_epoch, read_order, read_stream
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.schema import read_index
@@ -179,9 +179,7 @@ def _other_size(mp4: bytes) -> bytes:
     from sharding.media import encode_mp4
 
     frames = len(decord.VideoReader(io.BytesIO(mp4)))
-    audio = decord.AudioReader(io.BytesIO(mp4), sample_rate=16000, mono=True)
-    wave = audio[:].asnumpy().reshape(-1)
-    return encode_mp4(np.full((frames, 96, 96), 90, np.uint8), 8.0, wave, 16000)
+    return encode_mp4(np.full((frames, 96, 96), 90, np.uint8), 8.0, read_wave(mp4, 16000), 16000)
 
 
 def _strip_audio_tail(mp4: bytes) -> bytes:

@@ -95,17 +95,17 @@ def naive_pyav(cfg: DataConfig, clips: list[bytes]) -> float:
 
 
 def loader_rate(
-    cfg: DataConfig, location: str, workers: int, batches: int, finish_in: str = "workers"
+    cfg: DataConfig, location: str, workers: int, batches: int, finish_on: str | None = None
 ) -> tuple[float, float]:
     """(clips/s, frames decoded per frame used) of the loader with `workers` DataLoader workers,
-    finishing batches in the workers or in the consumer (on CUDA when present)."""
+    finishing batches in the workers, or in this process on device `finish_on`."""
     cfg = DataConfig(**{**cfg.__dict__, "loader_workers": workers})
-    device = "cuda" if finish_in == "consumer" and torch.cuda.is_available() else "cpu"
+    device = finish_on or "cpu"
     loader = EpochLoader(cfg, location, rank=0, world_size=1, use_gpu=device == "cuda")
     batches = min(batches, loader.plan(0).batches_per_rank)
-    it = iter(loader.epoch(0, device=device, finish_in_workers=finish_in == "workers"))
+    it = iter(loader.epoch(0, device=device, finish_in_workers=finish_on is None))
     threads = torch.get_num_threads()
-    if finish_in == "consumer" and device == "cpu":
+    if finish_on == "cpu":
         torch.set_num_threads(1)  # one core stands in for the GPU; more would spin on the workers' cores
     try:
         first = next(it)  # worker start-up is not throughput
@@ -136,21 +136,24 @@ def run(
     payloads = _clips(data, location, clips)
     batches = max(2, len(payloads) // data.batch_size)
     rows: dict[str, list[float]] = {"raw Decord (ceiling)": [], "naive PyAV per file": []}
-    consumer = "cuda" if torch.cuda.is_available() else "cpu, main process"
+    # Training finishes batches on its GPU when there is one (the figures of record), else in the
+    # workers; without a GPU the consumer rows finish on one CPU thread of this process.
+    consumer = "cuda" if torch.cuda.is_available() else "cpu"
+    where = "cuda" if consumer == "cuda" else "cpu, main process"
     loaders = {
-        (1, "workers"): "loader, 1 worker",
-        (2, "workers"): "loader, 2 workers",
-        (1, "consumer"): f"loader, 1 worker, finishing on {consumer}",
-        (2, "consumer"): f"loader, 2 workers, finishing on {consumer}",
+        (1, None): "loader, 1 worker",
+        (2, None): "loader, 2 workers",
+        (1, consumer): f"loader, 1 worker, finishing on {where}",
+        (2, consumer): f"loader, 2 workers, finishing on {where}",
     }
-    loader_rows: dict[tuple[int, str], list[float]] = {k: [] for k in loaders}
+    loader_rows: dict[tuple[int, str | None], list[float]] = {k: [] for k in loaders}
     ratios = []
     for _ in range(repeats):
         rows["raw Decord (ceiling)"].append(raw_decord(data, payloads))
         rows["naive PyAV per file"].append(naive_pyav(data, payloads))
-        for workers, finish_in in loader_rows:
-            rate, ratio = loader_rate(data, location, workers, batches, finish_in)
-            loader_rows[workers, finish_in].append(rate)
+        for workers, finish_on in loader_rows:
+            rate, ratio = loader_rate(data, location, workers, batches, finish_on)
+            loader_rows[workers, finish_on].append(rate)
             ratios.append(ratio)
     raw = statistics.median(rows["raw Decord (ceiling)"])
     naive = statistics.median(rows["naive PyAV per file"])
@@ -165,7 +168,7 @@ def run(
         rate = statistics.median(rates)
         print_fn(f"{loaders[key]:<50}{rate:>10.1f}{rate / raw:>9.3f}{rate / naive:>10.3f}")
     # The figures of record: one decoding core, finishing where training on this machine does.
-    one = statistics.median(loader_rows[1, "consumer" if torch.cuda.is_available() else "workers"])
+    one = statistics.median(loader_rows[1, consumer if consumer == "cuda" else None])
     frames_ratio = statistics.median(ratios)
     print_fn(f"vs_raw={one / raw:.3f} vs_naive={one / naive:.3f} frames_ratio={frames_ratio:.3f}")
     return one / raw, one / naive, frames_ratio

@@ -82,13 +82,6 @@ def apply_crop(frames_THW: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
     return out.flip(-1) if flip else out
 
 
-def crop_and_flip(
-    frames_THW: torch.Tensor, cfg: AugmentConfig, size: int, rng: random.Random
-) -> torch.Tensor:
-    """One random crop inside the sector and optional flip for the whole clip, resized to size x size."""
-    return apply_crop(frames_THW, draw_crop(frames_THW, cfg, rng), size)
-
-
 def draw_intensity(cfg: AugmentConfig, rng: random.Random | None) -> tuple[float, float]:
     """(contrast, brightness) factors of one clip; (1, 1) without an rng (not augmenting)."""
     if rng is None:
@@ -138,6 +131,6 @@ def augment_frames(
 ) -> torch.Tensor:
     """One random crop/flip/jitter for a whole clip of floats, resized to size x size, kept in [0, 1]."""
     # A copy: the resize returns its input unchanged when the crop is already size x size.
-    out = crop_and_flip(frames_THW, cfg, size, rng).clone()
+    out = apply_crop(frames_THW, draw_crop(frames_THW, cfg, rng), size).clone()
     return jitter_batch(out.unsqueeze(0), torch.tensor([draw_intensity(cfg, rng)]))[0]
 
