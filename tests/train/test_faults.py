@@ -115,3 +115,24 @@ def test_a_stopped_driver_reruns_with_the_same_name_and_continues(phantom_shards
     # No gap; steps the first driver logged past its last checkpoint stay in the history.
     assert set(range(1, 25)) <= set(steps_logged(rerun.client, run_id))
     assert json.loads((rerun.checkpoint / "train_state.json").read_text())["step"] == 24
+
+
+@pytest.mark.slow
+def test_a_finished_run_rerun_reports_its_last_checkpoint_with_or_without_rays_record(
+    phantom_shards, tmp_path
+):
+    """A driver stopped after the final checkpoint was written but before Ray recorded it (its
+    checkpoint_manager_snapshot.json) used to leave a rerun with no checkpoint and a failed run;
+    with the record intact the checkpoint must not be registered twice (rotation would delete it)."""
+    args = [*RUN, "train.steps=3", "train.keep_checkpoints=1", "train.run_name=done"]
+    first = train(tmp_path, phantom_shards, *args)
+    logged = len(first.client.get_metric_history(first.run_id, "loss"))
+    (first.checkpoint.parent / "checkpoint_manager_snapshot.json").unlink()
+    for _ in ("record lost", "record intact"):
+        again = train(tmp_path, phantom_shards, *args)
+        assert again.run_id == first.run_id
+        assert "already finished at step 3" in again.output
+        assert json.loads((again.checkpoint / "train_state.json").read_text())["step"] == 3
+        assert (again.checkpoint / "encoders.pt").is_file()
+        assert len(again.client.get_metric_history(first.run_id, "loss")) == logged  # nothing retrained
+        assert again.client.get_run(first.run_id).info.status == "FINISHED"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import ray.train
 import torch
+from ray.train import CheckpointUploadMode
 
 from usvs_dist.config import from_dict, to_yaml
 from usvs_dist.data.pipeline import EpochLoader
@@ -141,12 +142,35 @@ def _save_and_report(
         with gathered_params(model, cfg.train.zero_stage):
             encoders = encoder_state_dicts(model) if rank == 0 else None
         if rank == 0:
+            state.last_report = metrics
             state.save(folder)
             torch.save(encoders, folder / ENCODERS_FILE)
             # What `python -m usvs_dist.evaluate --checkpoint` needs: the architecture and the run.
             (folder / CONFIG_FILE).write_text(to_yaml(cfg))
             (folder / RUN_FILE).write_text(json.dumps(run))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+
+
+def _report_finished(state: TrainState, found: str | None, rank: int) -> None:
+    """Report a run that resumed at its last step again, so the driver and a Tune trial see it end.
+
+    A driver stopped after the final checkpoint was written, but before Ray recorded it, leaves
+    a rerun with nothing to train and, without this, no checkpoint in its result. The checkpoint
+    is registered in place (it already lies in the run's folder) unless Ray restored it itself:
+    registering one folder twice would let checkpoint rotation delete the one it keeps.
+    """
+    log.info("rank %d: the run already finished at step %d; reporting its last checkpoint", rank, state.step)
+    metrics = state.last_report or {"step": state.step}
+    registered = ray.train.get_checkpoint()
+    name = found.rstrip("/").rsplit("/", 1)[-1] if found else None
+    if rank != 0 or name is None or (registered and registered.path.rstrip("/").endswith("/" + name)):
+        ray.train.report(metrics)  # every rank reports, the same number of times
+        return
+    storage = ray.train.get_context().get_storage()
+    checkpoint = ray.train.Checkpoint(
+        f"{storage.experiment_fs_path}/{name}", filesystem=storage.storage_filesystem
+    )
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -176,6 +200,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.world_size = world
             saved_loader = _load_rank_state(Path(folder), rank)
         log.info("rank %d resumed at step %d", rank, state.step)
+        if state.step >= cfg.train.steps:
+            _report_finished(state, found, rank)
+            return
 
     loader = EpochLoader(
         cfg.data,
