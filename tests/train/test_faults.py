@@ -1,4 +1,5 @@
-"""Fault tolerance: a killed worker and a stopped driver both continue from the last checkpoint."""
+"""Fault tolerance: a killed worker and a stopped driver both continue from the last checkpoint;
+a finished run rerun reports that checkpoint."""
 
 from __future__ import annotations
 
@@ -96,7 +97,15 @@ def test_a_killed_worker_resumes_from_the_checkpoint_into_the_same_mlflow_run(ph
 
 
 @pytest.mark.slow
-def test_a_stopped_driver_reruns_with_the_same_name_and_continues(phantom_shards, tmp_path):
+def test_a_stopped_driver_reruns_with_the_same_name_and_continues_and_reruns_once_finished(
+    phantom_shards, tmp_path
+):
+    """A rerun continues a stopped run; rerun after its end, it reports the final checkpoint.
+
+    A driver stopped after the final checkpoint was written but before Ray recorded it (its
+    checkpoint_manager_snapshot.json) used to leave such a rerun with no checkpoint and a failed
+    run; with the record intact the checkpoint must not be registered twice (with
+    keep_checkpoints=1 the rotation would delete it)."""
     job = _Run(tmp_path, phantom_shards, "train.steps=200", "train.run_name=restart")
     try:
         run_id = job.wait_for_step(12)
@@ -116,23 +125,20 @@ def test_a_stopped_driver_reruns_with_the_same_name_and_continues(phantom_shards
     assert set(range(1, 25)) <= set(steps_logged(rerun.client, run_id))
     assert json.loads((rerun.checkpoint / "train_state.json").read_text())["step"] == 24
 
-
-@pytest.mark.slow
-def test_a_finished_run_rerun_reports_its_last_checkpoint_with_or_without_rays_record(
-    phantom_shards, tmp_path
-):
-    """A driver stopped after the final checkpoint was written but before Ray recorded it (its
-    checkpoint_manager_snapshot.json) used to leave a rerun with no checkpoint and a failed run;
-    with the record intact the checkpoint must not be registered twice (rotation would delete it)."""
-    args = [*RUN, "train.steps=3", "train.keep_checkpoints=1", "train.run_name=done"]
-    first = train(tmp_path, phantom_shards, *args)
-    logged = len(first.client.get_metric_history(first.run_id, "loss"))
-    (first.checkpoint.parent / "checkpoint_manager_snapshot.json").unlink()
+    logged = len(rerun.client.get_metric_history(run_id, "loss"))
+    (rerun.checkpoint.parent / "checkpoint_manager_snapshot.json").unlink()
     for _ in ("record lost", "record intact"):
-        again = train(tmp_path, phantom_shards, *args)
-        assert again.run_id == first.run_id
-        assert "already finished at step 3" in again.output
-        assert json.loads((again.checkpoint / "train_state.json").read_text())["step"] == 3
+        again = train(
+            tmp_path,
+            phantom_shards,
+            *RUN,
+            "train.steps=24",
+            "train.run_name=restart",
+            "train.keep_checkpoints=1",
+        )
+        assert again.run_id == run_id
+        assert "already finished at step 24" in again.output
+        assert json.loads((again.checkpoint / "train_state.json").read_text())["step"] == 24
         assert (again.checkpoint / "encoders.pt").is_file()
-        assert len(again.client.get_metric_history(first.run_id, "loss")) == logged  # nothing retrained
-        assert again.client.get_run(first.run_id).info.status == "FINISHED"
+        assert len(again.client.get_metric_history(run_id, "loss")) == logged  # nothing retrained
+        assert again.client.get_run(run_id).info.status == "FINISHED"
