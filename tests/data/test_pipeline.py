@@ -357,7 +357,7 @@ def test_for_a_non_cpu_device_the_batch_is_finished_on_that_device(phantom_shard
 def test_mel_power_equals_torchaudios_mel_spectrogram():
     import torchaudio
 
-    from usvs_dist.data.decode import mel_transform
+    from usvs_dist.data.decode import MelPower
 
     cfg = DataConfig()
     wave = torch.randn(3, 2 * cfg.sample_rate)
@@ -369,6 +369,6 @@ def test_mel_power_equals_torchaudios_mel_spectrogram():
         f_min=cfg.f_min,
         f_max=cfg.f_max,
     )(wave)
-    got = mel_transform(cfg)(wave)
+    got = MelPower(cfg)(wave)
     assert got.shape == reference.shape
     assert torch.allclose(got, reference, rtol=1e-4, atol=1e-6)

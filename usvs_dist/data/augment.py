@@ -133,4 +133,3 @@ def augment_frames(
     # A copy: the resize returns its input unchanged when the crop is already size x size.
     out = apply_crop(frames_THW, draw_crop(frames_THW, cfg, rng), size).clone()
     return jitter_batch(out.unsqueeze(0), torch.tensor([draw_intensity(cfg, rng)]))[0]
-

@@ -52,7 +52,8 @@ def sample_frame_indices(n_frames: int, T: int, rng: random.Random | None) -> li
 
 class MelPower(torch.nn.Module):
     """torchaudio's power mel spectrogram, |X|^2 taken as re^2 + im^2: MelSpectrogram's
-    `abs().pow(2)` takes a square root only to undo it (a third of the log-mel's time)."""
+    `abs().pow(2)` takes a square root only to undo it (a third of the log-mel's time). Rate, FFT,
+    hop, bins and band are the data config's."""
 
     def __init__(self, cfg: DataConfig):
         super().__init__()
@@ -70,11 +71,6 @@ class MelPower(torch.nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """[..., N] samples -> [..., n_mels, frames] mel power."""
         return self.mel_scale(torch.view_as_real(self.spectrogram(wave)).square().sum(-1))
-
-
-def mel_transform(cfg: DataConfig) -> MelPower:
-    """The mel power spectrogram with the data config's rate, FFT, hop, bins and band."""
-    return MelPower(cfg)
 
 
 def frames_to_decode(video: decord.VideoReader, indices: list[int]) -> tuple[list[int], int]:
@@ -114,7 +110,7 @@ class BatchFinisher:
     def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
         self.channels, self.size, self.clip_frames = cfg.channels, cfg.frame_size, cfg.num_frames
         self.device = torch.device(device)
-        self.mel = mel_transform(cfg).to(self.device)
+        self.mel = MelPower(cfg).to(self.device)
 
     def __call__(self, batch: dict) -> dict:
         """Complete a collated batch in place of its `frames`, `crop`, `intensity` and `wave`; returns it."""
