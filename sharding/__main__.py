@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sharding.inspect import inspect
 from sharding.manifest import ManifestError
 from sharding.phantom import synthesize
 from sharding.runners import ray_address
+from sharding.vocabulary import read_vocabulary
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -43,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
         help="share of plane segments whose narration is about the plane",
     )
     s.add_argument("--scans-per-patient", type=int, default=1)
+    s.add_argument(
+        "--video-only-scans", type=int, default=0, help="the last N scans have no narration (no audio stream)"
+    )
 
     b = sub.add_parser(
         "build", help="cut clips and write shards with index.json (resumes an interrupted build)"
@@ -55,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="file holding the de-identification salt (else $USVS_SHARD_SALT)",
+    )
+    b.add_argument(
+        "--labels-vocabulary",
+        type=Path,
+        default=None,
+        help="the data set's label classes: one per line, or YAML with classes and an optional coarse "
+        "grouping (default: the 14 fetal standard-plane classes)",
     )
     b.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     b.add_argument("--allow-failures", action="store_true", help="exit 0 even when some scans failed")
@@ -117,6 +129,9 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         shard_clips=args.shard_clips,
         overwrite=getattr(args, "overwrite", False),
     )
+    vocabulary = getattr(args, "labels_vocabulary", None)
+    if vocabulary is not None:
+        opts = dataclasses.replace(opts, vocabulary=read_vocabulary(vocabulary))
     opts.validate()
     return opts
 
@@ -135,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 size=args.size,
                 speech_share=args.speech_share,
                 scans_per_patient=args.scans_per_patient,
+                video_only_scans=args.video_only_scans,
             )
             print(f"wrote {manifest}")
             return 0

@@ -55,6 +55,8 @@ class BuildOptions:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     shard_clips: int = 200
     crf: int = 20
+    vocabulary: schema.Vocabulary = schema.FETAL_PLANES
+    """The label classes labels files name (--labels-vocabulary), written to index.json."""
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -85,7 +87,13 @@ class BuildOptions:
     def clip_options(self) -> ClipOptions:
         """The options a scan task needs."""
         return ClipOptions(
-            self.clip_seconds, self.stride_seconds, self.min_speech_ratio, self.fps, self.size, self.crf
+            self.clip_seconds,
+            self.stride_seconds,
+            self.min_speech_ratio,
+            self.fps,
+            self.size,
+            self.crf,
+            classes=self.vocabulary.classes,
         )
 
 
@@ -305,6 +313,7 @@ def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
     hist, _ = np.histogram(kept_ratios, bins=SPEECH_HIST_EDGES)
     hist_cut, _ = np.histogram(cut_ratios, bins=SPEECH_HIST_EDGES)
     clips = sum(r["written"] for r in ok)
+    narrated = sum(schema.narrated_clips(s) for s in shards)
     return {
         "format_version": schema.FORMAT_VERSION,
         "tool_version": __version__,
@@ -318,6 +327,7 @@ def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
         "splits": {
             s: {
                 "clips": sum(x["clips"] for x in shards if x["split"] == s),
+                "clips_with_narration": sum(schema.narrated_clips(x) for x in shards if x["split"] == s),
                 "seconds": round(sum(x["seconds"] for x in shards if x["split"] == s), 3),
                 "scans": sum(r["split"] == s for r in ok),
                 "patients": sorted({r["patient"] for r in ok if r["split"] == s}),
@@ -327,7 +337,10 @@ def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
         "totals": {
             "clips": clips,
             "seconds": round(clips * opts.clip_seconds, 3),
+            "clips_with_narration": narrated,
+            "clips_without_narration": clips - narrated,
             "scans": len(ok),
+            "scans_without_narration": sum(not r.get("narrated", True) for r in ok),
             "scan_seconds": round(sum(r["seconds"] for r in ok), 3),
             "failed_scans": len(records) - len(ok),
             "scans_shorter_than_a_clip": sum(r["shorter_than_a_clip"] for r in ok),
@@ -335,9 +348,10 @@ def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
             "clips_below_min_speech": len(cut_ratios) - len(kept_ratios),
         },
         "speech_ratio_histogram": {"edges": SPEECH_HIST_EDGES, "counts": hist.tolist()},
-        # Every clip cut, before --min-speech-ratio: what the filter saw.
+        # Every narrated clip cut, before --min-speech-ratio: what the filter saw (the speech
+        # histograms count clips with narration only).
         "speech_ratio_histogram_cut": {"edges": SPEECH_HIST_EDGES, "counts": hist_cut.tolist()},
-        "labels": {"vocabulary": list(schema.PLANES), "clips_with_labels": sum(r["labelled"] for r in ok)},
+        "labels": {**opts.vocabulary.to_json(), "clips_with_labels": sum(r["labelled"] for r in ok)},
         # Which scan (manifest line, salted hash) and which of its files failed, and why; never a path.
         "errors": [
             {"manifest_line": r["line"], "scan": r["scan"], **r["error"]} for r in records if "error" in r

@@ -33,6 +33,8 @@ class ClipOptions:
     fps: float
     size: int
     crf: int
+    classes: tuple[str, ...] = schema.PLANES
+    """The label vocabulary: a labels file names these classes (or gives their indices)."""
 
 
 @dataclass(frozen=True)
@@ -111,53 +113,80 @@ def speech_activity(audio_N: np.ndarray, rate: int) -> tuple[float, float]:
     return float(active.mean()), float(max(-120.0, 10 * np.log10(level + 1e-12)))
 
 
-def _read_table(path: Path, name: str, columns: tuple[str, ...]) -> list[list[str]]:
+def _read_table(path: Path, name: str, headers: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], list]:
+    """(the header matched, the data rows) of a CSV whose header starts with one of `headers`.
+
+    Errors never quote the file: a patient table put in the wrong column would land in
+    index.json and the logs.
+    """
     try:
         with path.open(newline="") as f:
             reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            if tuple(header[: len(columns)]) != columns:
-                raise MediaError(f"{name} file header is {header}, expected {list(columns)}")
-            return [row for row in reader if row]
-    except (OSError, UnicodeDecodeError) as exc:
+            header = tuple(h.strip() for h in next(reader, []))
+            for expected in headers:
+                if header[: len(expected)] == expected:
+                    return expected, [row for row in reader if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise MediaError(f"cannot read {name} file: {type(exc).__name__}") from exc
+    expected = " or ".join(",".join(h) for h in headers)
+    raise MediaError(f"{name} file header is not {expected}")
 
 
-def read_labels(path: Path, n_frames: int) -> np.ndarray:
-    """Per-source-frame class indices from a `frame,plane` CSV (names of schema.PLANES or indices)."""
-    rows = _read_table(path, "labels", ("frame", "plane"))
+SCAN_LABEL = ("label",)
+"""Header of a labels file holding one label for the whole scan (a video-level label)."""
+
+
+def read_labels(path: Path, n_frames: int, classes: tuple[str, ...] = schema.PLANES) -> np.ndarray:
+    """Per-source-frame class indices into `classes`.
+
+    The file is a `frame,plane` (or `frame,label`) CSV with one row per frame of the video, or a
+    `label` CSV with one row: the class of every frame (a cine loop labelled as a whole). A
+    class is a name of `classes` or its index.
+    """
+    header, rows = _read_table(path, "labels", (("frame", "plane"), ("frame", "label"), SCAN_LABEL))
+    if header == SCAN_LABEL:
+        if len(rows) != 1:
+            raise MediaError(
+                f"labels file with header 'label' has {len(rows)} rows, expected 1 (the scan's class)"
+            )
+        return np.full(n_frames, _class_index(rows[0][0], classes, 2), np.int64)
     if len(rows) != n_frames:
         raise MediaError(f"labels file has {len(rows)} rows, the video has {n_frames} frames")
     out = np.empty(n_frames, np.int64)
-    for k, (frame, plane, *_) in enumerate(rows):
-        if not frame.strip().isdigit() or int(frame) != k:
-            raise MediaError(f"labels file row {k + 2}: frame {frame!r}, expected {k}")
-        plane = plane.strip()
-        idx = (
-            schema.PLANES.index(plane) if plane in schema.PLANES else (int(plane) if plane.isdigit() else -1)
-        )
-        if not 0 <= idx < len(schema.PLANES):
-            raise MediaError(
-                f"labels file row {k + 2}: plane {plane!r} is not in the vocabulary "
-                f"(a name of {len(schema.PLANES)} planes or an index 0-{len(schema.PLANES) - 1})"
-            )
-        out[k] = idx
+    for k, row in enumerate(rows):
+        frame = row[0].strip()
+        if not frame.isdigit() or int(frame) != k:
+            raise MediaError(f"labels file row {k + 2}: column frame is not {k}")
+        if len(row) < 2:
+            raise MediaError(f"labels file row {k + 2}: column {header[1]} is missing")
+        out[k] = _class_index(row[1], classes, k + 2)
     return out
+
+
+def _class_index(cell: str, classes: tuple[str, ...], row: int) -> int:
+    name = cell.strip()
+    idx = classes.index(name) if name in classes else (int(name) if name.isdigit() else -1)
+    if not 0 <= idx < len(classes):
+        raise MediaError(
+            f"labels file row {row}: the class is not in the vocabulary "
+            f"(a name of its {len(classes)} classes or an index 0-{len(classes) - 1})"
+        )
+    return idx
 
 
 def read_gaze(path: Path, n_frames: int) -> np.ndarray:
     """Per-source-frame gaze points [n, 2] in [0, 1] from a `frame,x,y` CSV."""
-    rows = _read_table(path, "gaze", ("frame", "x", "y"))
+    _, rows = _read_table(path, "gaze", (("frame", "x", "y"),))
     if len(rows) != n_frames:
         raise MediaError(f"gaze file has {len(rows)} rows, the video has {n_frames} frames")
     xy = np.empty((n_frames, 2), np.float32)
     for k, row in enumerate(rows):
         try:
             xy[k] = float(row[1]), float(row[2])
-        except (IndexError, ValueError) as exc:
-            raise MediaError(f"gaze file row {k + 2}: expected two numbers x,y, got {row[1:]}") from exc
+        except (IndexError, ValueError):
+            raise MediaError(f"gaze file row {k + 2}: columns x,y are not two numbers") from None
         if not (0.0 <= xy[k, 0] <= 1.0 and 0.0 <= xy[k, 1] <= 1.0):
-            raise MediaError(f"gaze file row {k + 2}: point {row[1]},{row[2]} is outside [0, 1]")
+            raise MediaError(f"gaze file row {k + 2}: the point is outside [0, 1] (or not a number)")
     return xy
 
 
@@ -202,12 +231,16 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     if row.audio is not None and not row.audio.is_file():
         raise ScanFailure("audio", "file does not exist or is not a regular file")
     audio_column = "audio" if row.audio else "video"
+    # An unreadable stream is damage and fails the scan; no stream at all (and an empty audio
+    # cell) is a scan without narration, whose clips train the recipes that read no audio.
     audio = _column(audio_column, read_audio, row.audio or row.video, schema.AUDIO_RATE)
-    if audio is None:
-        raise ScanFailure("audio", "no audio stream in the video and no separate audio file")
-    if len(audio) == 0:
+    if audio is None and row.audio is not None:
+        raise ScanFailure("audio", "the audio file has no audio stream")
+    if audio is not None and len(audio) == 0:
         raise ScanFailure(audio_column, "audio stream has no samples (zero duration)")
-    labels = _column("labels", read_labels, row.labels, track.source_frames) if row.labels else None
+    labels = (
+        _column("labels", read_labels, row.labels, track.source_frames, opts.classes) if row.labels else None
+    )
     gaze = _column("gaze", read_gaze, row.gaze, track.source_frames) if row.gaze else None
 
     per_clip = round(opts.clip_seconds * opts.fps)
@@ -221,15 +254,17 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     for j0 in range(0, n_frames - per_clip + 1, step):
         end = j0 + per_clip
         t0 = j0 / opts.fps
-        a0 = round(t0 * schema.AUDIO_RATE)
-        clip_audio = audio[a0 : a0 + samples]
-        if len(clip_audio) < samples:
-            clip_audio = np.pad(clip_audio, (0, samples - len(clip_audio)))
-        ratio, loudness = speech_activity(clip_audio, schema.AUDIO_RATE)
-        ratio = round(ratio, 4)  # the value index.json and the clip's json hold is the one filtered on
-        cut_ratios.append(ratio)
-        if ratio < opts.min_speech_ratio:
-            continue  # counted: index.json keeps the histogram of every clip cut
+        clip_audio = None
+        if audio is not None:
+            a0 = round(t0 * schema.AUDIO_RATE)
+            clip_audio = audio[a0 : a0 + samples]
+            if len(clip_audio) < samples:
+                clip_audio = np.pad(clip_audio, (0, samples - len(clip_audio)))
+            ratio, loudness = speech_activity(clip_audio, schema.AUDIO_RATE)
+            ratio = round(ratio, 4)  # the value index.json and the clip's json hold is the one filtered on
+            cut_ratios.append(ratio)
+            if ratio < opts.min_speech_ratio:
+                continue  # counted: index.json keeps the histogram of every clip cut
         written += 1
         labelled += labels is not None
         if written <= task.skip_written:
@@ -242,9 +277,11 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
             schema.META_T1: round(t0 + opts.clip_seconds, 6),
             schema.META_FPS: opts.fps,
             schema.META_FRAMES: per_clip,
-            schema.META_SPEECH_RATIO: ratio,
-            schema.META_LOUDNESS: round(loudness, 2),
+            schema.META_NARRATION: clip_audio is not None,
         }
+        if clip_audio is not None:
+            meta[schema.META_SPEECH_RATIO] = ratio
+            meta[schema.META_LOUDNESS] = round(loudness, 2)
         if labels is not None:
             meta[schema.META_LABELS] = labels[src].tolist()
         if gaze is not None:
@@ -253,12 +290,14 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
             track.frames_THW[j0 : j0 + per_clip], opts.fps, clip_audio, schema.AUDIO_RATE, crf=opts.crf
         )
         clips.append(Clip(schema.sample_key(task.scan_hash, t0), mp4, meta))
+    cut_any = end > 0
     record.update(
+        narrated=audio is not None,
         cut_ratios=cut_ratios,
         written=written,
         labelled=labelled,
         seconds=round(n_frames / opts.fps, 3),
-        tail_seconds=round((n_frames - end) / opts.fps, 3) if cut_ratios else round(n_frames / opts.fps, 3),
-        shorter_than_a_clip=not cut_ratios,
+        tail_seconds=round((n_frames - end) / opts.fps, 3) if cut_any else round(n_frames / opts.fps, 3),
+        shorter_than_a_clip=not cut_any,
     )
     return clips

@@ -28,8 +28,10 @@ def decode_first(shard: Path) -> str:
     meta = json.loads(sample[schema.META_KEY])
     video = decord.VideoReader(io.BytesIO(sample[schema.VIDEO_KEY]), num_threads=1)
     frames = video.get_batch(list(range(min(len(video), meta[schema.META_FRAMES])))).asnumpy()
-    audio = decord.AudioReader(io.BytesIO(sample[schema.VIDEO_KEY]), sample_rate=schema.AUDIO_RATE, mono=True)
     labelled = "yes" if schema.META_LABELS in meta else "no"
+    if not schema.narrated(meta):
+        return f"{key}: video {tuple(frames.shape)} no narration labels={labelled}"
+    audio = decord.AudioReader(io.BytesIO(sample[schema.VIDEO_KEY]), sample_rate=schema.AUDIO_RATE, mono=True)
     return (
         f"{key}: video {tuple(frames.shape)} audio {audio.shape} "
         f"speech_ratio={meta[schema.META_SPEECH_RATIO]} labels={labelled}"
@@ -47,6 +49,17 @@ def inspect(folder: Path, verify: bool = False, log=print) -> int:
         f"{folder}: format v{index['format_version']}, {totals['clips']} clips, {totals['seconds']} s, "
         f"{totals['scans']} scans ({totals['failed_scans']} failed); clips {index['clip_seconds']} s "
         f"at {index['fps']} fps, {index['size'][0]}x{index['size'][1]}, audio {index['audio_rate']} Hz"
+    )
+    if "clips_without_narration" in totals:
+        log(
+            f"  {totals['clips_with_narration']} clips with narration, {totals['clips_without_narration']} "
+            f"without ({totals['scans_without_narration']} video-only scans)"
+        )
+    vocabulary = schema.label_vocabulary(index)
+    coarse = f", grouped into {len(vocabulary.coarse)} coarse classes" if vocabulary.coarse else ""
+    log(
+        f"  labels: {len(vocabulary.classes)} classes{coarse}; "
+        f"{index['labels']['clips_with_labels']} clips labelled"
     )
     for split, info in index["splits"].items():
         log(f"  {split}: {info['clips']} clips, {info['scans']} scans, {len(info['patients'])} patients")

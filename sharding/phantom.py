@@ -267,19 +267,26 @@ def synthesize(
     audio_rate: int = 22050,
     speech_share: float = 0.8,
     scans_per_patient: int = 1,
+    video_only_scans: int = 0,
     log=print,
 ) -> Path:
-    """Write `scans` phantom scans (mp4 + labels + gaze CSVs) and manifest.csv; returns it."""
+    """Write `scans` phantom scans (mp4 + labels + gaze CSVs) and manifest.csv; returns it.
+
+    The last `video_only_scans` scans have no narration (no audio stream), as many real
+    archives' cine loops; the others are the same bytes as without them.
+    """
     if scans < 1 or seconds <= 0:
         raise ValueError(f"need scans >= 1 and seconds > 0, got scans={scans} seconds={seconds}")
     if scans_per_patient < 1:
         raise ValueError(f"scans_per_patient must be >= 1, got {scans_per_patient}")
+    if not 0 <= video_only_scans <= scans:
+        raise ValueError(f"video_only_scans must be in [0, scans={scans}], got {video_only_scans}")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(scans):
         spec = make_spec(seed, i, seconds, fps, size, audio_rate, speech_share)
         frames, gaze = render_video(spec)
-        audio = render_narration(spec)
+        audio = render_narration(spec) if i < scans - video_only_scans else None
         name = f"scan_{i:04d}"
         _write_atomic(out / f"{name}.mp4", encode_mp4(frames, fps, audio, audio_rate, audio_bitrate=96000))
         labels = frame_labels(spec)

@@ -102,6 +102,7 @@ class SplitShards:
     _tar: wds.TarWriter | None = None
     _tmp: Path | None = None
     _clips: int = 0
+    _narrated: int = 0
     _seconds: float = 0.0
     _through: list[int] = field(default_factory=list)
 
@@ -119,6 +120,7 @@ class SplitShards:
             }
         )
         self._clips += 1
+        self._narrated += schema.narrated(clip.meta)
         self._seconds += seconds
         if self._clips == self.maxcount:
             self._finish(position, written)
@@ -153,6 +155,8 @@ class SplitShards:
             "name": final.name,
             "split": self.split,
             "clips": self._clips,
+            # The loader of a recipe that reads the narration plans its epochs on these alone.
+            "narrated_clips": self._narrated,
             "seconds": round(self._seconds, 3),
             "bytes": final.stat().st_size,
             "sha256": sha256_file(final),
@@ -161,7 +165,7 @@ class SplitShards:
         self.journal.append({"shard": entry})
         self.finished.append(entry)
         self.next_index += 1
-        self._clips, self._seconds, self._tmp = 0, 0.0, None
+        self._clips, self._narrated, self._seconds, self._tmp = 0, 0, 0.0, None
 
 
 @dataclass

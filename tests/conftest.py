@@ -40,3 +40,54 @@ def phantom_shards(phantom_raw, salt_file, tmp_path_factory) -> Path:
         log=lambda *_: None,
     )
     return out
+
+
+LUNG_CLASSES = ("covid", "bacterial_pneumonia", "regular", "viral_pneumonia")
+"""A non-fetal 4-class vocabulary (lung ultrasound) for the clinical-input tests."""
+LUNG_VOCABULARY_YAML = (
+    "classes: [covid, bacterial_pneumonia, regular, viral_pneumonia]\n"
+    "coarse: {infection: [covid, bacterial_pneumonia, viral_pneumonia], healthy: [regular]}\n"
+)
+
+
+def clinical_shards(out: Path, salt_file: Path, video_only_scans: int) -> Path:
+    """Phantom scans relabelled into LUNG_CLASSES (plane k -> class k % 4), the last
+    `video_only_scans` without narration, sharded into one train split with that vocabulary."""
+    from sharding.vocabulary import read_vocabulary
+    from usvs_dist.data.schema import PLANES
+
+    manifest = synthesize(out / "raw", log=lambda *_: None, video_only_scans=video_only_scans, **PHANTOM)
+    for labels in (out / "raw").glob("*_labels.csv"):
+        rows = labels.read_text().splitlines()[1:]
+        relabelled = [f"{f},{LUNG_CLASSES[PLANES.index(p) % 4]}" for f, p in (r.split(",") for r in rows)]
+        labels.write_text("\n".join(["frame,label", *relabelled]) + "\n")
+    vocabulary = out / "classes.yaml"
+    vocabulary.write_text(LUNG_VOCABULARY_YAML)
+    shards = out / "shards"
+    build(
+        manifest,
+        shards,
+        salt_file,
+        BuildOptions(
+            clip_seconds=2.0,
+            fps=8.0,
+            size=64,
+            shard_clips=5,
+            split_fractions=(1.0, 0.0, 0.0),
+            vocabulary=read_vocabulary(vocabulary),
+        ),
+        log=lambda *_: None,
+    )
+    return shards
+
+
+@pytest.fixture(scope="session")
+def video_only_shards(salt_file, tmp_path_factory) -> Path:
+    """Shards of 6 phantom scans without narration, labelled in the 4-class lung vocabulary."""
+    return clinical_shards(tmp_path_factory.mktemp("video_only"), salt_file, video_only_scans=6)
+
+
+@pytest.fixture(scope="session")
+def mixed_shards(salt_file, tmp_path_factory) -> Path:
+    """Shards of 6 phantom scans, the last 2 without narration, in the 4-class lung vocabulary."""
+    return clinical_shards(tmp_path_factory.mktemp("mixed"), salt_file, video_only_scans=2)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from usvs_dist.config import ConfigError, from_dict, to_dict
@@ -64,10 +65,14 @@ def evaluate(enc: Encoders, location: str, which: list[str], protocols: tuple[st
     results: dict[str, dict[str, float]] = {"pretrained": {}, "random": {}}
     sets, figures = {}, []
     if {"planes", "saliency"} & set(which):
-        clips = load_clips(cfg.data, location, list(cfg.eval.plane_splits), cfg.eval.max_clips)
+        # Planes and saliency read no narration: clips of video-only scans count too.
+        clips = load_clips(cfg.data, location, list(cfg.eval.plane_splits), cfg.eval.max_clips, audio=False)
+        classes = clips.vocabulary.classes
+        counts = torch.bincount(clips.image_label[clips.image_label >= 0], minlength=len(classes)).tolist()
         sets["planes/saliency"] = (
             f"{len(clips)} clips of {len(set(clips.scan))} scans ({', '.join(cfg.eval.plane_splits)}), "
-            f"{cfg.eval.folds}-fold cross-validation by scan"
+            f"{cfg.eval.folds}-fold cross-validation by scan; {len(classes)} classes (clips): "
+            + ", ".join(f"{name} ({n})" for name, n in zip(classes, counts, strict=True))
         )
         if "planes" in which:
             for name, e in (("pretrained", enc), ("random", random)):
@@ -80,6 +85,7 @@ def evaluate(enc: Encoders, location: str, which: list[str], protocols: tuple[st
                                 confusion,
                                 f"{modality} encoder, {protocol}",
                                 out / f"confusion_{modality}_{protocol}.png",
+                                classes,
                             )
                         )
         if "saliency" in which:
@@ -91,8 +97,8 @@ def evaluate(enc: Encoders, location: str, which: list[str], protocols: tuple[st
                     frames = clips.image[rows, 0]
                     figures.append(report.saliency_figure(frames, pred, truth, out / "saliency_examples.png"))
     if "retrieval" in which:
-        val = load_clips(cfg.data, location, [cfg.eval.retrieval_split], cfg.eval.max_clips)
-        sets["retrieval"] = f"{len(val)} clips of the {cfg.eval.retrieval_split} split"
+        val = load_clips(cfg.data, location, [cfg.eval.retrieval_split], cfg.eval.max_clips, audio=True)
+        sets["retrieval"] = f"{len(val)} clips with narration of the {cfg.eval.retrieval_split} split"
         for name, e in (("pretrained", enc), ("random", random)):
             results[name].update(tasks.retrieval(e, val))
     text = report.markdown(results["pretrained"], results["random"], enc.source, sets)

@@ -42,17 +42,17 @@ def test_folds_never_split_a_scan_and_cover_every_clip():
 
 def test_linear_probe_separates_separable_classes():
     x, y, _ = _planes_data()
-    assert torch.equal(linear_probe(x, y, x, l2=1e-3, iters=100), y)
+    assert torch.equal(linear_probe(x, y, x, l2=1e-3, iters=100, classes=4), y)
 
 
 def test_plane_detection_scores_separable_features_perfectly_and_noise_near_chance():
     x, y, scans = _planes_data()
     cfg = EvalConfig(folds=3, finetune_steps=100, batch_size=8)
-    good = plane_detection(Flatten(6), x, y, scans, cfg)
+    good = plane_detection(Flatten(6), x, y, scans, cfg, classes=4)
     assert good["linear"]["f1"] == 1.0 and good["finetune"]["f1"] > 0.9 and good["folds"] == 3
     assert good["linear"]["confusion"].sum() == len(y)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
-    bad = plane_detection(Flatten(6), noise, y, scans, cfg, protocols=("linear",))
+    bad = plane_detection(Flatten(6), noise, y, scans, cfg, protocols=("linear",), classes=4)
     assert bad["linear"]["f1"] < 0.6
 
 

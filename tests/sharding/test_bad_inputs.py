@@ -57,7 +57,14 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
         "truncated": ({"video": "truncated.mp4"}, "video", "cannot open video"),
         "corrupt": ({"video": "corrupt.mp4"}, "video", "cannot open video"),
         "no video stream": ({"video": "only_audio.m4a"}, "video", "no video stream"),
-        "no audio": ({"video": "silent.mp4"}, "audio", "no audio stream"),
+        # No narration at all is a video-only scan, not an error; a named audio file without
+        # sound is.
+        "no audio": ({"video": "silent.mp4"}, None, None),
+        "audio file without sound": (
+            {"video": "silent.mp4", "audio": "silent.mp4"},
+            "audio",
+            "no audio stream",
+        ),
         "missing narration": ({"video": "silent.mp4", "audio": "nope.wav"}, "audio", "does not exist"),
         "zero duration": ({"video": "zero.mkv"}, "video", "zero duration"),
         "empty narration": ({"video": "silent.mp4", "audio": "empty.wav"}, "audio", "zero duration"),
@@ -76,7 +83,7 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
                 ),
             },
             "labels",
-            "row 9: plane 'elbow' is not in the vocabulary",
+            "row 9: the class is not in the vocabulary",
         ),
         "labels index out of range": (
             {
@@ -84,7 +91,7 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
                 "labels": _table(raw / "l3.csv", "frame,plane", [(k, 99 if k == 2 else 0) for k in range(n)]),
             },
             "labels",
-            "row 4: plane '99' is not in the vocabulary",
+            "row 4: the class is not in the vocabulary",
         ),
         "gaze long": (
             {
@@ -102,7 +109,7 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
                 ),
             },
             "gaze",
-            "row 7: point 1.5,0.5 is outside [0, 1]",
+            "row 7: the point is outside [0, 1]",
         ),
         "gaze text": (
             {
@@ -112,7 +119,7 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
                 ),
             },
             "gaze",
-            "row 3: expected two numbers",
+            "row 3: columns x,y are not two numbers",
         ),
         "good": ({"video": good}, None, None),
     }
@@ -140,9 +147,12 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
         assert f"manifest line {line} ({column} file)" in err, sid
     dup_line = len(rows) + 1
     assert errors[dup_line]["file"] == "scan_id" and "first on manifest line" in errors[dup_line]["reason"]
-    assert len(errors) == len(cases)  # every bad row, the duplicate, and not the good scan
-    assert index["totals"]["scans"] == 1 and index["totals"]["failed_scans"] == len(cases)
-    assert index["totals"]["clips"] == 2  # the good scan's two whole seconds
+    assert len(errors) == len(cases) - 1  # every bad row, the duplicate, not the two good scans
+    totals = index["totals"]
+    assert totals["scans"] == 2 and totals["failed_scans"] == len(cases) - 1
+    # Each good scan's two whole seconds; the silent one is a video-only scan.
+    assert totals["clips"] == 4 and totals["clips_with_narration"] == 2
+    assert totals["clips_without_narration"] == 2 and totals["scans_without_narration"] == 1
     assert str(raw) not in json.dumps(index) and "nope" not in json.dumps(index)
     assert str(raw) not in err and "truncated.mp4" not in err  # logs travel: no paths by default
     assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar"]
@@ -150,7 +160,7 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
     assert shard_main(["inspect", str(out)]) == 0  # failed scans do not make the shards bad
     shown = capsys.readouterr().out
     assert f"failed scan: manifest line {dup_line} (scan_id file): duplicate scan_id" in shown
-    assert shown.count("failed scan:") == len(cases)
+    assert shown.count("failed scan:") == len(cases) - 1
 
     assert shard_main([*args, "--overwrite", "--allow-failures", "--log-paths"]) == 0
     err = capsys.readouterr().err

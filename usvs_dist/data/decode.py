@@ -3,7 +3,8 @@
 Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
 Output per sample: frames_NHW uint8 at the stored size (the T clip frames, then the image
 frame), crop_5 (the clip's crop and flip draw), intensity_2 (its contrast and brightness draw),
-wave_N (the narration), labels_T (-1 when the shard has none), gaze_T2 (NaN when none), meta.
+wave_N (the narration, when the recipe reads it), labels_T (-1 when the shard has none), gaze_T2
+(NaN when none), meta.
 torch's `default_collate` stacks them (uint8 frames cross to the training process at a quarter of
 the bytes of floats); `BatchFinisher`, run where the batch is consumed (in the workers when
 training on CPU, on the training GPU otherwise), crops, flips and resizes each clip and makes
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass
 
@@ -91,6 +93,60 @@ def frames_to_decode(video: decord.VideoReader, indices: list[int]) -> tuple[lis
     return wanted, decoded
 
 
+def has_narration(sample: dict) -> bool:
+    """Whether a raw sample's json says its clip has narration (an unreadable json: yes, so that
+    the decoder sees the sample and counts it bad rather than it vanishing)."""
+    try:
+        meta = json.loads(sample[schema.META_KEY])
+    except (KeyError, ValueError, TypeError):
+        return True
+    return not isinstance(meta, dict) or schema.narrated(meta)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def check_meta(meta: object, classes: int) -> dict:
+    """The clip's json checked against the shard contract; raises BadSample saying what is wrong.
+
+    A shard written by another tool, or damaged, must cost one counted sample, not a crash of a
+    loader worker (TypeError, IndexError) or labels outside the vocabulary reaching a loss.
+    """
+    if not isinstance(meta, dict):
+        raise BadSample(f"json is a {type(meta).__name__}, expected an object")
+    frames = meta.get(schema.META_FRAMES)
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+        raise BadSample(f"json {schema.META_FRAMES!r} is not a positive integer")
+    for key in (schema.META_T0, schema.META_T1):
+        if key in meta and not (_is_number(meta[key]) and math.isfinite(meta[key])):
+            raise BadSample(f"json {key!r} is not a finite number")
+    if not isinstance(meta.get(schema.META_SCAN), str):
+        raise BadSample(f"json {schema.META_SCAN!r} is not a string")
+    if not isinstance(meta.get(schema.META_NARRATION, True), bool):
+        raise BadSample(f"json {schema.META_NARRATION!r} is not true or false")
+    labels = meta.get(schema.META_LABELS)
+    if labels is not None:
+        if not isinstance(labels, list) or len(labels) < frames:
+            raise BadSample(f"json {schema.META_LABELS!r} is not a list of {frames} labels")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < classes for c in labels):
+            raise BadSample(
+                f"json {schema.META_LABELS!r} holds a label outside the vocabulary's {classes} classes"
+            )
+    gaze = meta.get(schema.META_GAZE)
+    if gaze is not None:
+        if not isinstance(gaze, list) or len(gaze) < frames:
+            raise BadSample(f"json {schema.META_GAZE!r} is not a list of {frames} points")
+        for point in gaze:
+            if not (
+                isinstance(point, list)
+                and len(point) == 2
+                and all(_is_number(v) and 0.0 <= v <= 1.0 for v in point)
+            ):
+                raise BadSample(f"json {schema.META_GAZE!r} holds a point that is not [x, y] in [0, 1]")
+    return meta
+
+
 def read_wave(data: bytes, sample_rate: int) -> np.ndarray:
     """The clip's narration as mono float samples at `sample_rate`."""
     audio = decord.AudioReader(io.BytesIO(data), sample_rate=sample_rate, mono=True)
@@ -122,8 +178,9 @@ class BatchFinisher:
         # expand + contiguous copies only for C > 1 (grey repeated for RGB encoders).
         batch["video"] = video_BTHW.unsqueeze(1).expand(B, C, T, S, S).contiguous()
         batch["image"] = image_B1HW.expand(B, C, S, S).contiguous()
-        wave_BN = batch.pop("wave").to(self.device, non_blocking=True)
-        batch["audio"] = torch.log(self.mel(wave_BN.float()) + 1e-6).unsqueeze(1)
+        if "wave" in batch:  # absent when the recipe reads no narration
+            wave_BN = batch.pop("wave").to(self.device, non_blocking=True)
+            batch["audio"] = torch.log(self.mel(wave_BN.float()) + 1e-6).unsqueeze(1)
         return batch
 
 
@@ -182,8 +239,15 @@ class ClipDecoder:
         use_gpu: bool = False,
         local_rank: int = 0,
         epoch: int = 0,
+        *,
+        classes: int = len(schema.PLANES),
+        audio: bool = True,
     ):
         self.cfg = cfg
+        self.classes = classes
+        """Size of the shards' label vocabulary (index.json), the range labels are checked against."""
+        self.audio = audio
+        """Read the narration (clips without one are bad samples); False: no `wave` in the output."""
         self.samples = round(clip_seconds * cfg.sample_rate)
         self.rank = rank
         self.train = train
@@ -233,7 +297,15 @@ class ClipDecoder:
         self.seen += 1
         try:
             return self._decode(sample)
-        except (BadSample, decord.DECORDError, KeyError, ValueError, RuntimeError) as exc:
+        except (
+            BadSample,
+            decord.DECORDError,
+            KeyError,
+            ValueError,
+            TypeError,
+            IndexError,
+            RuntimeError,
+        ) as exc:
             self.count_bad(str(exc).splitlines()[0], key, url)
             return None
 
@@ -242,7 +314,12 @@ class ClipDecoder:
         for k in (schema.VIDEO_KEY, schema.META_KEY):
             if k not in sample:
                 raise BadSample(f"missing key {k!r}")
-        meta = json.loads(sample[schema.META_KEY])
+        try:
+            meta = check_meta(json.loads(sample[schema.META_KEY]), self.classes)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadSample(f"json is not valid JSON ({type(exc).__name__})") from None
+        if self.audio and not schema.narrated(meta):
+            raise BadSample("the clip has no narration, which this recipe reads")
         data = sample[schema.VIDEO_KEY]
         # Decoded at the stored size and resized by torch: Decord's own resize fails on some
         # sizes (seen: 64 -> 48 gives "DECORDArrayCopyFromTo: The size must exactly match").
@@ -280,17 +357,20 @@ class ClipDecoder:
         crop = draw_crop(grey_NHW, cfg.augment, rng) if augment else whole_frame(grey_NHW)
         intensity = draw_intensity(cfg.augment, rng if augment else None)
 
-        wave_N = torch.from_numpy(read_wave(data, cfg.sample_rate))[: self.samples]
-        if len(wave_N) < self.samples:
-            raise BadSample(f"audio has {len(wave_N)} samples, the clip needs {self.samples}")
+        out: dict = {}
+        if self.audio:
+            wave_N = torch.from_numpy(read_wave(data, cfg.sample_rate))[: self.samples]
+            if len(wave_N) < self.samples:
+                raise BadSample(f"audio has {len(wave_N)} samples, the clip needs {self.samples}")
+            out["wave"] = wave_N
 
         labels = meta.get(schema.META_LABELS)
         gaze = meta.get(schema.META_GAZE)
         return {
+            **out,
             "frames": grey_NHW,
             "crop": torch.tensor(crop),
             "intensity": torch.tensor(intensity, dtype=torch.float32),
-            "wave": wave_N,
             "labels": torch.tensor([labels[i] for i in idx] if labels else [-1] * len(idx)),
             "image_label": torch.tensor(labels[image_idx] if labels else -1),
             "gaze": torch.tensor([gaze[i] for i in idx], dtype=torch.float32)

@@ -138,9 +138,17 @@ def read_order(units: tuple[Unit, ...], interleave: int, seed: str) -> list[int]
 
 
 def _unit_samples(
-    shard: Shard, unit: Unit, skip: int, handler: Callable[[Exception], bool]
+    shard: Shard,
+    unit: Unit,
+    skip: int,
+    handler: Callable[[Exception], bool],
+    keep: Callable[[dict], bool] | None = None,
 ) -> Iterator[dict]:
-    """The unit's samples in shard order, the first `skip` of them read past without yielding."""
+    """The unit's samples in shard order, the first `skip` of them read past without yielding.
+
+    With `keep`, samples it refuses are not part of the shard at all (e.g. clips without
+    narration for a recipe that reads it): units are cut from, and positions count, the rest.
+    """
     try:
         fileobj = open_shard(shard.url)
     except Exception as exc:  # unreachable storage, missing file: the handler logs and counts it
@@ -152,6 +160,8 @@ def _unit_samples(
         files = wds.tariterators.tar_file_expander([{"url": shard.url, "stream": fileobj}], handler=handler)
         ordinal = kept = 0
         for sample in wds.tariterators.group_by_keys(files, handler=handler):
+            if keep is not None and not keep(sample):
+                continue
             mine = ordinal % unit.parts == unit.part
             ordinal += 1
             if not mine:
@@ -163,9 +173,11 @@ def _unit_samples(
         fileobj.close()
 
 
-def shard_samples(shard: Shard, handler: Callable[[Exception], bool]) -> Iterator[dict]:
-    """Every sample of one shard, in order (errors go to `handler`)."""
-    return _unit_samples(shard, Unit(0, 0, 1, shard.clips), 0, handler)
+def shard_samples(
+    shard: Shard, handler: Callable[[Exception], bool], keep: Callable[[dict], bool] | None = None
+) -> Iterator[dict]:
+    """Every sample of one shard (that `keep` accepts), in order (errors go to `handler`)."""
+    return _unit_samples(shard, Unit(0, 0, 1, shard.clips), 0, handler, keep)
 
 
 def read_stream(
@@ -174,8 +186,10 @@ def read_stream(
     order: list[int],
     start: int,
     handler: Callable[[Exception], bool],
+    keep: Callable[[dict], bool] | None = None,
 ) -> Iterator[tuple[int, dict | None]]:
-    """(position after it, sample or None when the unit ran out early) from position `start` on."""
+    """(position after it, sample or None when the unit ran out early) from position `start` on;
+    `keep` as in the units' reads."""
     consumed = Counter(order[:start])
     last_use = {u: pos for pos, u in enumerate(order)}
     readers: dict[int, Iterator[dict]] = {}
@@ -183,7 +197,7 @@ def read_stream(
         u = order[pos]
         if u not in readers:
             unit = units[u]
-            readers[u] = _unit_samples(shards[unit.shard], unit, consumed[u], handler)
+            readers[u] = _unit_samples(shards[unit.shard], unit, consumed[u], handler, keep)
         sample = next(readers[u], None)
         if pos == last_use[u]:
             readers.pop(u).close()  # the unit's file is closed as soon as it is done

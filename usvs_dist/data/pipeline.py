@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from usvs_dist.config.schema import DataConfig
-from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors, resolve_decode_context
+from usvs_dist.data import schema
+from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors, has_narration, resolve_decode_context
 from usvs_dist.data.epoch import EpochPlan, plan_epoch, read_order, read_stream
 from usvs_dist.data.shards import Shard, load_index, split_shards
 
@@ -39,12 +40,16 @@ class RankEpoch(IterableDataset):
         use_gpu: bool = False,
         local_rank: int = 0,
         finish_in_worker: bool = False,
+        *,
+        classes: int = len(schema.PLANES),
+        audio: bool = True,
     ):
         super().__init__()
         self.cfg, self.shards, self.plan, self.rank = cfg, shards, plan, rank
         self.clip_seconds, self.positions = clip_seconds, dict(positions or {})
         self.use_gpu, self.local_rank = use_gpu, local_rank
         self.finish_in_worker = finish_in_worker
+        self.classes, self.audio = classes, audio
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -60,12 +65,16 @@ class RankEpoch(IterableDataset):
             use_gpu=self.use_gpu,
             local_rank=self.local_rank,
             epoch=self.plan.epoch,
+            classes=self.classes,
+            audio=self.audio,
         )
         # 1. Seeded shuffle by epoch, split by node, split by worker: the plan gave this stream
         #    its units; their interleaved order is a function of (seed, epoch, stream).
         order = read_order(units, self.cfg.interleave, f"{self.cfg.seed}-{self.plan.epoch}-{stream}")
-        # 2. Tar -> samples from the position on; tar errors are logged, counted, skipped.
-        samples = read_stream(self.shards, units, order, start, TarErrors(decoder))
+        # 2. Tar -> samples from the position on; tar errors are logged, counted, skipped. A recipe
+        #    reading the narration sees only clips that have one (the plan counted only those).
+        keep = has_narration if self.audio else None
+        samples = read_stream(self.shards, units, order, start, TarErrors(decoder), keep)
         # 3. Decord decode, frame sampling, image frame, the crop and jitter draws; bad samples counted.
         decoded = _decode(samples, decoder)
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
@@ -136,11 +145,14 @@ class EpochLoader:
         world_size: int,
         use_gpu: bool = False,
         local_rank: int = 0,
+        audio: bool = True,
     ):
+        """`audio`: the recipe reads the narration, so only clips with narration are read."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.use_gpu, self.local_rank = use_gpu, local_rank
+        self.use_gpu, self.local_rank, self.audio = use_gpu, local_rank, audio
         self.index = load_index(location)
-        self.shards = split_shards(location, self.index, cfg.split, list(cfg.shard_urls))
+        self.vocabulary = schema.label_vocabulary(self.index)
+        self.shards = split_shards(location, self.index, cfg.split, list(cfg.shard_urls), narrated_only=audio)
         self.clip_seconds = float(self.index["clip_seconds"])
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -179,6 +191,8 @@ class EpochLoader:
             self.use_gpu,
             self.local_rank,
             finish_in_worker=in_workers,
+            classes=len(self.vocabulary.classes),
+            audio=self.audio,
         )
         workers = self.cfg.loader_workers
         on_gpu = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank).on_gpu

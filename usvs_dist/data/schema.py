@@ -7,6 +7,7 @@ prose form of what is fixed here.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -30,6 +31,9 @@ META_SPEECH_RATIO = "speech_ratio"
 META_LOUDNESS = "loudness_dbfs"
 META_LABELS = "labels"
 META_GAZE = "gaze"
+META_NARRATION = "narration"
+"""False for a clip of a scan without narration (its mp4 has no audio stream); absent in shards
+written before video-only scans existed, whose clips all have narration."""
 
 PLANES = (
     "3vt",
@@ -53,6 +57,76 @@ ANATOMIES = ("heart", "abdomen", "femur", "brain", "kidneys", "face", "spine", "
 """Coarse anatomy classes (seed 003's coarse granularity), in label order."""
 PLANE_ANATOMY = (0, 0, 1, 2, 3, 4, 0, 5, 5, 0, 3, 6, 6, 7)
 """ANATOMIES index of each PLANES entry: 3vt, 4ch, lvot and rvot are heart; lips and profile face."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A data set's label classes (index.json `labels`), with an optional coarse grouping.
+
+    `coarse_of[k]` is the coarse class of fine class k (seed 003's planes -> anatomies);
+    `background` names the class that is no anatomy (the search between planes), if any.
+    """
+
+    classes: tuple[str, ...]
+    coarse: tuple[str, ...] = ()
+    coarse_of: tuple[int, ...] = ()
+    background: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ValueError("a label vocabulary needs at least one class")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("a label vocabulary lists a class twice")
+        if self.coarse_of and (
+            len(self.coarse_of) != len(self.classes)
+            or not all(0 <= c < len(self.coarse) for c in self.coarse_of)
+        ):
+            raise ValueError("a coarse grouping must give every class one of its coarse classes")
+        if self.background is not None and self.background not in self.classes:
+            raise ValueError("the background class of a label vocabulary must be one of its classes")
+
+    @property
+    def background_index(self) -> int | None:
+        """Index of the background class, or None."""
+        return None if self.background is None else self.classes.index(self.background)
+
+    def to_json(self) -> dict:
+        """The vocabulary as index.json's `labels` section holds it (without the clip counts)."""
+        out: dict = {"vocabulary": list(self.classes), "background": self.background}
+        if self.coarse_of:
+            out["coarse"] = {"classes": list(self.coarse), "of": list(self.coarse_of)}
+        return out
+
+
+FETAL_PLANES = Vocabulary(PLANES, ANATOMIES, PLANE_ANATOMY, "background")
+"""The default vocabulary: seed 003's 14 standard-plane classes grouped into anatomies."""
+
+
+def label_vocabulary(index: dict) -> Vocabulary:
+    """The vocabulary index.json declares (shards of before custom vocabularies: the fetal planes)."""
+    labels = index.get("labels") or {}
+    classes = labels.get("vocabulary")
+    if classes is None:
+        return FETAL_PLANES
+    coarse = labels.get("coarse")
+    if coarse is None and tuple(classes) == PLANES and "background" not in labels:
+        return FETAL_PLANES  # written before the coarse grouping was recorded
+    return Vocabulary(
+        tuple(classes),
+        tuple(coarse["classes"]) if coarse else (),
+        tuple(coarse["of"]) if coarse else (),
+        labels.get("background"),
+    )
+
+
+def narrated(meta: dict) -> bool:
+    """True when a clip's json says it has narration (clips of older shards always do)."""
+    return bool(meta.get(META_NARRATION, True))
+
+
+def narrated_clips(shard: dict) -> int:
+    """Clips with narration in one of index.json's shard entries."""
+    return int(shard.get("narrated_clips", shard["clips"]))
 
 
 def shard_name(split: str, index: int) -> str:

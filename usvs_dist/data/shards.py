@@ -92,20 +92,32 @@ def shard_name(url: str) -> str:
 
 
 def split_shards(
-    location: str | Path, index: dict, split: str, patterns: list[str] | None = None
+    location: str | Path,
+    index: dict,
+    split: str,
+    patterns: list[str] | None = None,
+    narrated_only: bool = False,
 ) -> list[Shard]:
-    """The split's non-empty shards: all of index.json's under `location`, or those `patterns` name."""
+    """The split's non-empty shards: all of index.json's under `location`, or those `patterns` name.
+
+    With `narrated_only`, a shard's clips are those with narration (the loader leaves the others
+    out) and shards without any are not listed.
+    """
     entries = {s["name"]: s for s in index["shards"]}
+
+    def clips(entry: dict) -> int:
+        return schema.narrated_clips(entry) if narrated_only else entry["clips"]
+
     if not patterns:
         base = str(location).rstrip("/")
         shards = [
             Shard(
                 f"{base}/{s['name']}" if is_remote(base) else str(Path(base) / s["name"]),
                 s["name"],
-                s["clips"],
+                clips(s),
             )
             for s in index["shards"]
-            if s["split"] == split and s["clips"] > 0
+            if s["split"] == split and clips(s) > 0
         ]
     else:
         shards = []
@@ -118,10 +130,11 @@ def split_shards(
                 raise ValueError(
                     f"data.shard_urls: shard {name} is in split {entry['split']!r}, not data.split={split!r}"
                 )
-            if entry["clips"] > 0:
-                shards.append(Shard(url, name, entry["clips"]))
+            if clips(entry) > 0:
+                shards.append(Shard(url, name, clips(entry)))
     if not shards:
-        raise ValueError(f"{location}: no shard of split {split!r} holds clips")
+        which = "clips with narration" if narrated_only else "clips"
+        raise ValueError(f"{location}: no shard of split {split!r} holds {which}")
     return shards
 
 

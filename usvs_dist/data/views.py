@@ -67,15 +67,22 @@ def two_views(image_BCHW: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tenso
     return views[0], views[1]
 
 
-def anatomy_labels(plane_B: torch.Tensor, cfg: AnatomyConfig) -> torch.Tensor:
-    """Plane labels -> the labels anatomy positives are matched on; -1 where none applies."""
-    if cfg.granularity == "coarse":
-        table = torch.tensor(schema.PLANE_ANATOMY, device=plane_B.device)
+def anatomy_labels(
+    plane_B: torch.Tensor, cfg: AnatomyConfig, vocabulary: schema.Vocabulary = schema.FETAL_PLANES
+) -> torch.Tensor:
+    """Class labels -> the labels anatomy positives are matched on; -1 where none applies.
+
+    `coarse` matches on the vocabulary's coarse grouping (planes -> anatomies); a vocabulary
+    without one is matched on its classes (BatchViews warns once). The background class, when
+    the vocabulary names one, is no anatomy unless cfg.background_positive.
+    """
+    background = vocabulary.background_index
+    if cfg.granularity == "coarse" and vocabulary.coarse_of:
+        table = torch.tensor(vocabulary.coarse_of, device=plane_B.device)
         out = torch.where(plane_B >= 0, table[plane_B.clamp(min=0)], -1)
-        background = schema.PLANE_ANATOMY[schema.BACKGROUND]
+        background = None if background is None else vocabulary.coarse_of[background]
     else:
         out = plane_B.clone()
-        background = schema.BACKGROUND
-    if not cfg.background_positive:
+    if not cfg.background_positive and background is not None:
         out = torch.where(out == background, -1, out)
     return out

@@ -13,10 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from usvs_dist.config.schema import EvalConfig
-from usvs_dist.data import schema
 from usvs_dist.eval.metrics import confusion_matrix, macro_prf
-
-CLASSES = len(schema.PLANES)
 
 
 def scan_folds(scans: list[str], k: int, seed: int) -> list[list[int]]:
@@ -44,13 +41,13 @@ def features(encoder: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch
 
 
 def linear_probe(
-    train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, l2: float, iters: int
+    train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, l2: float, iters: int, classes: int
 ) -> torch.Tensor:
     """Predicted classes of test_X by multinomial logistic regression (standardised features, L-BFGS)."""
     mean, std = train_X.mean(dim=0), train_X.std(dim=0) + 1e-6
     Xtr, Xte = (train_X - mean) / std, (test_X - mean) / std
-    W = torch.zeros(Xtr.shape[1], CLASSES, requires_grad=True)
-    b = torch.zeros(CLASSES, requires_grad=True)
+    W = torch.zeros(Xtr.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -70,11 +67,12 @@ def finetune(
     train_y: torch.Tensor,
     test_inputs: torch.Tensor,
     cfg: EvalConfig,
+    classes: int,
 ) -> torch.Tensor:
     """Predicted classes after fine-tuning a copy of the encoder with a linear head (Adam)."""
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(encoder).train()
-    head = nn.Linear(model.out_features, CLASSES)
+    head = nn.Linear(model.out_features, classes)
     opt = torch.optim.Adam(
         [
             {"params": model.parameters(), "lr": cfg.finetune_lr},
@@ -106,11 +104,13 @@ def plane_detection(
     scans: list[str],
     cfg: EvalConfig,
     protocols=("linear", "finetune"),
+    *,
+    classes: int,
 ) -> dict:
     """Per protocol: macro P/R/F1 mean and std over scan folds, and the summed confusion matrix.
 
-    Clips without a plane label are left out. Returns {"linear": {"f1": .., "f1_std": .., ...,
-    "confusion": [K, K]}, ...} and "clips", "folds".
+    `classes` is the size of the shards' label vocabulary. Clips without a label are left out.
+    Returns {"linear": {"f1": .., "f1_std": .., ..., "confusion": [K, K]}, ...} and "clips", "folds".
     """
     keep = (labels >= 0).nonzero().flatten()
     if len(keep) == 0:
@@ -124,15 +124,17 @@ def plane_detection(
         if protocol == "finetune" and cfg.finetune_steps == 0:
             continue
         per_fold: list[dict[str, float]] = []
-        confusion = torch.zeros(CLASSES, CLASSES, dtype=torch.long)
+        confusion = torch.zeros(classes, classes, dtype=torch.long)
         for test_rows in folds:
             test = torch.tensor(test_rows)
             train = torch.tensor([i for i in range(len(scans)) if i not in set(test_rows)])
             if protocol == "linear":
-                pred = linear_probe(feats[train], labels[train], feats[test], cfg.probe_l2, cfg.probe_iters)
+                pred = linear_probe(
+                    feats[train], labels[train], feats[test], cfg.probe_l2, cfg.probe_iters, classes
+                )
             else:
-                pred = finetune(encoder, inputs[train], labels[train], inputs[test], cfg)
-            fold_confusion = confusion_matrix(pred, labels[test], CLASSES)
+                pred = finetune(encoder, inputs[train], labels[train], inputs[test], cfg, classes)
+            fold_confusion = confusion_matrix(pred, labels[test], classes)
             confusion += fold_confusion
             per_fold.append(macro_prf(fold_confusion))
         summary = {}

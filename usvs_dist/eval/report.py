@@ -10,8 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from usvs_dist.data import schema  # noqa: E402
-
 LOWER_IS_BETTER = ("saliency/kld",)
 
 
@@ -46,14 +44,14 @@ def markdown(trained: dict[str, float], random: dict[str, float], source: str, s
     return "\n".join(lines) + "\n"
 
 
-def confusion_figure(confusion_KK: torch.Tensor, title: str, path: Path) -> Path:
-    """Row-normalised confusion matrix with the plane names."""
+def confusion_figure(confusion_KK: torch.Tensor, title: str, path: Path, classes: tuple[str, ...]) -> Path:
+    """Row-normalised confusion matrix with the vocabulary's class names."""
     c = confusion_KK.double()
     shown = c / c.sum(dim=1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(shown.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(schema.PLANES)), schema.PLANES, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(schema.PLANES)), schema.PLANES, fontsize=7)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)

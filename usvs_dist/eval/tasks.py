@@ -26,7 +26,13 @@ def planes(enc: Encoders, clips: ClipSet, protocols=("linear", "finetune")) -> t
         if modality not in enc.encoders:
             continue
         result = plane_detection(
-            enc.encoders[modality], inputs[modality], clips.image_label, clips.scan, enc.cfg.eval, protocols
+            enc.encoders[modality],
+            inputs[modality],
+            clips.image_label,
+            clips.scan,
+            enc.cfg.eval,
+            protocols,
+            classes=len(clips.vocabulary.classes),
         )
         for protocol in protocols:
             if protocol not in result:
@@ -62,6 +68,8 @@ def _project(head: torch.nn.Module, feat_NF: torch.Tensor) -> torch.Tensor:
 
 def retrieval(enc: Encoders, clips: ClipSet) -> dict[str, float]:
     """Video->audio and audio->video recall@1/5/10 in the shared latent."""
+    if clips.audio is None:
+        raise ValueError(f"{enc.source}: retrieval needs the narration, and these clips were read without it")
     missing = [m for m in ("video", "audio") if m not in enc.heads]
     if missing:
         raise ValueError(

@@ -15,7 +15,8 @@ from usvs_dist.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, validate (exit 2 on bad input, before Ray starts), train, print where results are."""
+    """Parse, validate config and shards (exit 2 on bad input, before Ray starts), train, print where
+    results are."""
     p = argparse.ArgumentParser(
         prog="python -m usvs_dist.train",
         description=__doc__,
@@ -27,16 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        from usvs_dist.train.launch import check_config
+        from usvs_dist.train.launch import check_data
 
-        check_config(cfg)
+        data = check_data(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     from usvs_dist.train.launch import run
 
-    result = run(cfg)
+    result = run(cfg, data=data)
     print(f"MLflow run id: {result.mlflow_run_id}")
     print(f"MLflow tracking URI: {result.tracking_uri}")
     print(f"checkpoint: {result.checkpoint_path}")

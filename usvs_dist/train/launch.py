@@ -17,8 +17,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from usvs_dist.config import RootConfig, flatten, to_dict, to_yaml
+from usvs_dist.data import schema
 from usvs_dist.data.pipeline import EpochLoader
-from usvs_dist.data.shards import index_sha256, is_remote
+from usvs_dist.data.shards import index_sha256, is_remote, load_index
 from usvs_dist.dist.engine import deepspeed_config
 from usvs_dist.eval.encoders import ENCODERS_FILE
 from usvs_dist.losses import Requirements, check_objective
@@ -27,6 +28,7 @@ from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run,
 from usvs_dist.train.loop import train_loop_per_worker
 from usvs_dist.train.phantom_cache import ensure_phantom_shards
 from usvs_dist.train.resume import latest_complete_checkpoint
+from usvs_dist.train.step import reads_narration
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,24 @@ def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: s
         )
 
 
+def check_narration(needs: Requirements, index: dict, split: str, shards: str | Path, recipe: str) -> int:
+    """Clips of `split` a recipe reading the narration leaves out (those without); raises when it
+    would keep none. Video-only recipes use every clip (0 left out)."""
+    if not reads_narration(needs):
+        return 0
+    entries = [s for s in index["shards"] if s["split"] == split]
+    clips = sum(s["clips"] for s in entries)
+    narrated = sum(schema.narrated_clips(s) for s in entries)
+    if clips and narrated == 0:
+        raise ValueError(
+            f"objective.recipe={recipe} reads the narration, but data.split={split} of {shards} has "
+            f"0 clips with narration and {clips} without (scans sharded without audio); train a recipe "
+            "that reads no audio (isbi2020, awcl2022, or custom terms without audio) or shard scans "
+            "with narration"
+        )
+    return clips - narrated
+
+
 def _storage_path(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
@@ -101,26 +121,61 @@ def _warn_about_job_working_dir(cfg: RootConfig) -> None:
         )
 
 
-def run(cfg: RootConfig, log_fn=print, callbacks: list | None = None, tags: dict | None = None) -> RunResult:
-    """One pretraining run end to end; raises on failure after marking the MLflow run FAILED.
+@dataclass(frozen=True)
+class CheckedData:
+    """The run's shards, checked against its recipe before Ray starts."""
 
-    `callbacks` go to Ray Train's RunConfig (a Tune trial passes TuneReportCallback); `tags` are
-    added to the MLflow run (a sweep's trials carry mlflow.parentRunId).
-    """
+    shards: str
+    """Absolute shard folder or URL."""
+    left_out: int
+    """Clips of the split without narration, which a recipe reading it leaves out."""
+
+
+def check_data(cfg: RootConfig, log_fn=print) -> CheckedData:
+    """Find (or build, for the phantom) the shards and check them and the epoch plan against the
+    recipe: labels when it reads them, narration when it reads it. Raises ValueError or
+    FileNotFoundError naming the key and what was found, before any worker starts."""
     needs = check_config(cfg)
-    _warn_about_job_working_dir(cfg)
     if cfg.data.shards:
         shards = cfg.data.shards if is_remote(cfg.data.shards) else str(Path(cfg.data.shards).resolve())
     else:
         shards = str(ensure_phantom_shards(cfg.phantom, log=log_fn).resolve())
+    index = load_index(shards)
+    check_labels(needs, index, shards, cfg.objective.recipe)
+    left_out = check_narration(needs, index, cfg.data.split, shards, cfg.objective.recipe)
+    if left_out:
+        log_fn(
+            f"data: {left_out} clips of split {cfg.data.split} have no narration and are left out "
+            f"(objective.recipe={cfg.objective.recipe} reads it)"
+        )
     # The loader a rank would build: shard list, index and epoch plan are checked before Ray starts.
-    loader = EpochLoader(cfg.data, shards, rank=0, world_size=cfg.train.num_workers)
-    check_labels(needs, loader.index, shards, cfg.objective.recipe)
+    loader = EpochLoader(
+        cfg.data, shards, rank=0, world_size=cfg.train.num_workers, audio=reads_narration(needs)
+    )
     plan = loader.plan(0)
     log_fn(
         f"epoch: {plan.batches_per_rank} batches per rank from {len(loader.shards)} shards; "
         f"{plan.unused_clips} of {plan.total_clips} clips left out by the balance (others each epoch)"
     )
+    return CheckedData(shards, left_out)
+
+
+def run(
+    cfg: RootConfig,
+    log_fn=print,
+    callbacks: list | None = None,
+    tags: dict | None = None,
+    data: CheckedData | None = None,
+) -> RunResult:
+    """One pretraining run end to end; raises on failure after marking the MLflow run FAILED.
+
+    `callbacks` go to Ray Train's RunConfig (a Tune trial passes TuneReportCallback); `tags` are
+    added to the MLflow run (a sweep's trials carry mlflow.parentRunId); `data` is check_data's
+    result when the caller checked the shards already.
+    """
+    _warn_about_job_working_dir(cfg)
+    data = data or check_data(cfg, log_fn)
+    shards, left_out = data.shards, data.left_out
 
     run_name = cfg.train.run_name or f"usvs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     uri = resolve_uri(cfg.tracking.uri)
@@ -137,6 +192,8 @@ def run(cfg: RootConfig, log_fn=print, callbacks: list | None = None, tags: dict
         },
     )
     driver_tracker = MlflowTracker(uri, run_id)
+    # How much of the split the recipe can use, beside the run's other data facts.
+    driver_tracker.log_metrics({"data/clips_without_narration_left_out": left_out}, 0)
     driver_tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
     driver_tracker.log_text(json.dumps(deepspeed_config(cfg), indent=2), "config/deepspeed.json")
     log_fn(f"run {run_name}: MLflow run {run_id} at {uri}")

@@ -30,7 +30,7 @@ from usvs_dist.tracking import MlflowTracker, NullTracker
 from usvs_dist.train.periodic_eval import PeriodicEval
 from usvs_dist.train.resume import RNG_DIR, latest_complete_checkpoint
 from usvs_dist.train.state import TrainState
-from usvs_dist.train.step import BatchViews, train_step
+from usvs_dist.train.step import BatchViews, reads_narration, train_step
 
 log = logging.getLogger(__name__)
 ENGINE_TAG = "deepspeed"
@@ -184,7 +184,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine = build_engine(model, cfg)
     # Views, augmentations and dropout draw differently on each rank (a resume restores the state).
     torch.manual_seed(random.Random(f"{cfg.train.seed}-rank-{rank}").getrandbits(63))
-    make_views = BatchViews(cfg, needs)
 
     state = TrainState(world_size=world)
     saved_loader: dict = {}
@@ -211,7 +210,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         world,
         use_gpu=cfg.train.use_gpu,
         local_rank=ctx.get_local_rank(),
+        audio=reads_narration(needs),
     )
+    make_views = BatchViews(cfg, needs, loader.vocabulary)
     progress = LoaderProgress(state.loader_epoch, world, cfg.data.loader_workers, saved_loader)
     tracker = (
         MlflowTracker(

@@ -21,14 +21,18 @@ class PeriodicEval:
         self.planes: ClipSet | None = None
         self.retrieval: ClipSet | None = None
         try:
-            self.planes = load_clips(cfg.data, shards, list(cfg.eval.plane_splits), cfg.eval.subset)
+            self.planes = load_clips(
+                cfg.data, shards, list(cfg.eval.plane_splits), cfg.eval.subset, audio=False
+            )
             if (self.planes.image_label < 0).all() or len(set(self.planes.scan)) < 2:
                 log.warning("periodic evaluation: the subset has no labels or one scan; no plane probe")
                 self.planes = None
         except ValueError as exc:
             log.warning("periodic evaluation: no plane subset (%s)", exc)
         try:
-            self.retrieval = load_clips(cfg.data, shards, [cfg.eval.retrieval_split], cfg.eval.subset)
+            self.retrieval = load_clips(
+                cfg.data, shards, [cfg.eval.retrieval_split], cfg.eval.subset, audio=True
+            )
         except ValueError as exc:
             log.warning("periodic evaluation: no retrieval subset (%s)", exc)
 

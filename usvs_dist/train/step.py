@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from usvs_dist.config.schema import RootConfig
-from usvs_dist.data import views
+from usvs_dist.data import schema, views
 from usvs_dist.losses import Requirements, objective_parts, total_loss
+from usvs_dist.models import modalities_for
+
+log = logging.getLogger(__name__)
+
+
+def reads_narration(needs: Requirements) -> bool:
+    """True when the recipe runs the audio encoder, so it trains on clips with narration only."""
+    return "audio" in modalities_for(needs.outputs)
 
 
 class BatchViews:
     """Turns a loader batch into the model inputs and targets a recipe reads, on the device."""
 
-    def __init__(self, cfg: RootConfig, needs: Requirements):
+    def __init__(
+        self, cfg: RootConfig, needs: Requirements, vocabulary: schema.Vocabulary = schema.FETAL_PLANES
+    ):
         self.cfg = cfg
         self.needs = needs
+        self.vocabulary = vocabulary
+        """The shards' label classes (index.json), whose coarse grouping anatomy positives use."""
+        anatomy = cfg.objective.anatomy
+        if "anatomy_label" in needs.targets and anatomy.granularity == "coarse" and not vocabulary.coarse_of:
+            log.warning(
+                "objective.anatomy.granularity=coarse, but the shards' label vocabulary has no coarse "
+                "grouping: anatomy positives are matched on its %d classes",
+                len(vocabulary.classes),
+            )
         pretext = cfg.objective.pretext
         self.perms_PK = (
             views.order_permutations(pretext.subclips, pretext.permutations)
@@ -51,7 +72,7 @@ class BatchViews:
             )
         if "anatomy_label" in self.needs.targets:
             targets["anatomy_label"] = views.anatomy_labels(
-                batch["image_label"].to(device), self.cfg.objective.anatomy
+                batch["image_label"].to(device), self.cfg.objective.anatomy, self.vocabulary
             )
         return inputs, targets
 
