@@ -114,6 +114,12 @@ def _clip_arguments(b: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--shard-clips", type=int, default=200, help="clips per shard")
     b.add_argument(
+        "--mask",
+        default="auto",
+        help="pixel de-identification, everything else blanked before encoding: auto (the imaging "
+        "sector found per scan; a scan without one fails), box:x0,y0,x1,y1 (source pixels), or none",
+    )
+    b.add_argument(
         "--workers", type=int, default=1, help="local processes cutting scans (or Ray tasks in flight)"
     )
 
@@ -127,6 +133,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         size=args.size,
         split_fractions=args.split,
         shard_clips=args.shard_clips,
+        mask=args.mask,
         overwrite=getattr(args, "overwrite", False),
     )
     vocabulary = getattr(args, "labels_vocabulary", None)

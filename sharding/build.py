@@ -25,6 +25,7 @@ from tqdm import tqdm
 from sharding.cut import ClipOptions, ScanTask, cut_scan, failed_record
 from sharding.deid import SaltError, assign_split, hash_id, read_salt
 from sharding.manifest import ScanRow, read_manifest
+from sharding.mask import MaskSpec
 from sharding.runners import describe, make_runner
 from sharding.writer import JOURNAL_NAME, Journal, Resumed, SplitShards, verify_journal, write_atomic
 from usvs_dist import __version__
@@ -57,6 +58,8 @@ class BuildOptions:
     crf: int = 20
     vocabulary: schema.Vocabulary = schema.FETAL_PLANES
     """The label classes labels files name (--labels-vocabulary), written to index.json."""
+    mask: str = "auto"
+    """Pixel de-identification (--mask): auto, none or box:x0,y0,x1,y1 (sharding.mask)."""
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -83,6 +86,10 @@ class BuildOptions:
             )
         if self.shard_clips < 1:
             raise BuildError(f"--shard-clips must be >= 1, got {self.shard_clips}")
+        try:
+            MaskSpec.parse(self.mask)
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
 
     def clip_options(self) -> ClipOptions:
         """The options a scan task needs."""
@@ -94,6 +101,7 @@ class BuildOptions:
             self.size,
             self.crf,
             classes=self.vocabulary.classes,
+            mask=MaskSpec.parse(self.mask),
         )
 
 
@@ -304,6 +312,13 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _summary(values: list[float]) -> dict:
+    """min, mean and max of per-scan values (None each when there are none)."""
+    if not values:
+        return {"min": None, "mean": None, "max": None}
+    return {"min": min(values), "mean": round(sum(values) / len(values), 4), "max": max(values)}
+
+
 def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
     """index.json from the finished shards and every scan's record (DESIGN.md, shard format)."""
     shards = [{k: v for k, v in s.items() if k != "through"} for s in shards]
@@ -352,6 +367,8 @@ def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
         # histograms count clips with narration only).
         "speech_ratio_histogram_cut": {"edges": SPEECH_HIST_EDGES, "counts": hist_cut.tolist()},
         "labels": {**opts.vocabulary.to_json(), "clips_with_labels": sum(r["labelled"] for r in ok)},
+        # Pixel de-identification: how each scan's kept region was found, and its share of the frame.
+        "mask": {"method": opts.mask, "kept_share": _summary([r["mask_kept_share"] for r in ok])},
         # Which scan (manifest line, salted hash) and which of its files failed, and why; never a path.
         "errors": [
             {"manifest_line": r["line"], "scan": r["scan"], **r["error"]} for r in records if "error" in r

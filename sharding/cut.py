@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sharding.manifest import ScanRow
+from sharding.mask import MaskError, MaskSpec, apply_mask
 from sharding.media import MediaError, encode_mp4, read_audio, read_video
 from usvs_dist.data import schema
 
@@ -35,6 +36,8 @@ class ClipOptions:
     crf: int
     classes: tuple[str, ...] = schema.PLANES
     """The label vocabulary: a labels file names these classes (or gives their indices)."""
+    mask: MaskSpec = MaskSpec()
+    """What of each frame is kept (sharding.mask); the rest is black before encoding."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,10 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     if not row.video.is_file():
         raise ScanFailure("video", "file does not exist or is not a regular file")
     track = _column("video", read_video, row.video, opts.fps, opts.size)
+    try:
+        frames_THW, kept_share = apply_mask(track.frames_THW, opts.mask, track.source_wh)
+    except MaskError as exc:
+        raise ScanFailure("video", str(exc)) from exc
     if row.audio is not None and not row.audio.is_file():
         raise ScanFailure("audio", "file does not exist or is not a regular file")
     audio_column = "audio" if row.audio else "video"
@@ -246,7 +253,7 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     per_clip = round(opts.clip_seconds * opts.fps)
     step = max(1, round((opts.stride_seconds or opts.clip_seconds) * opts.fps))
     samples = round(opts.clip_seconds * schema.AUDIO_RATE)
-    n_frames = len(track.frames_THW)
+    n_frames = len(frames_THW)
     clips: list[Clip] = []
     cut_ratios: list[float] = []
     written = labelled = 0
@@ -287,12 +294,13 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
         if gaze is not None:
             meta[schema.META_GAZE] = np.round(gaze[src], 4).tolist()
         mp4 = encode_mp4(
-            track.frames_THW[j0 : j0 + per_clip], opts.fps, clip_audio, schema.AUDIO_RATE, crf=opts.crf
+            frames_THW[j0 : j0 + per_clip], opts.fps, clip_audio, schema.AUDIO_RATE, crf=opts.crf
         )
         clips.append(Clip(schema.sample_key(task.scan_hash, t0), mp4, meta))
     cut_any = end > 0
     record.update(
         narrated=audio is not None,
+        mask_kept_share=round(kept_share, 4),
         cut_ratios=cut_ratios,
         written=written,
         labelled=labelled,

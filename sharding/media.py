@@ -88,6 +88,8 @@ class VideoTrack:
     fps: float
     source_fps: float
     source_frames: int
+    source_wh: tuple[int, int] | None = None
+    """Width and height of the source frames (what a --mask box is given in)."""
 
 
 def letterbox(gray_HW: np.ndarray, size: int) -> np.ndarray:
@@ -135,6 +137,7 @@ def read_video(path: Path, fps: float, size: int) -> VideoTrack:
                     frame.time if frame.time is not None else n_src / float(stream.average_rate or 30)
                 ) - start
                 gray = grey_square(frame, size)
+                source_wh = (frame.width, frame.height)
                 if prev is not None:
                     period_sum += t - prev_t
                     # Nearest-frame rule: grid points before the midpoint belong to the previous frame.
@@ -156,7 +159,7 @@ def read_video(path: Path, fps: float, size: int) -> VideoTrack:
             frames.append(prev)
             sources.append(prev_i)
             next_j += 1
-    return VideoTrack(np.stack(frames), np.asarray(sources), fps, source_fps, count)
+    return VideoTrack(np.stack(frames), np.asarray(sources), fps, source_fps, count, source_wh)
 
 
 def read_audio(path: Path, rate: int, *, start_offset: float = 0.0) -> np.ndarray | None:

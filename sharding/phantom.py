@@ -4,7 +4,8 @@ Each scan is a plan of segments over the 14 classes of usvs_dist.data.schema.PLA
 segment shows that class's anatomy (ellipses, rings and bright lines at class-specific places and
 echogenicities, fixed across seeds so a class looks the same in every scan) inside an ultrasound
 sector with multiplicative speckle, depth attenuation and probe jitter; background segments show
-the probe searching. For a share of plane segments the narration is 'about the plane': voiced
+the probe searching. Text like a scanner's (name, date of birth, clinic) is burned into the
+corners outside the sector. For a share of plane segments the narration is 'about the plane': voiced
 syllables whose formants are specific to the class; otherwise it is unrelated chatter (random
 formants) or silence. Gaze follows the plane's key structure with jitter.
 
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from sharding.media import encode_mp4
 from usvs_dist.data.schema import BACKGROUND, PLANES
@@ -169,10 +172,39 @@ def _background_prims(rng: np.random.Generator) -> list[tuple]:
     ]
 
 
+BURNED_IN_TEXT = ("DOE^JANE", "03/14/87", "CLINIC", "ID{index:04d}")
+"""What a scanner burns into the margins (name, date of birth, clinic, patient number), drawn
+into the four corners of every phantom frame outside the sector: the pixel de-identification
+tests check that it is blank in the shards."""
+
+
+def burned_in_text(spec: ScanSpec) -> np.ndarray:
+    """[H, W] uint8: the static text layer of a scan, kept 2 pixels clear of the sector."""
+    size = spec.size
+    layer = Image.new("L", (size, size))
+    draw = ImageDraw.Draw(layer)
+    font = ImageFont.load_default_imagefont()  # bundled bitmap font: the same pixels everywhere
+    name, birth, clinic, number = (t.format(index=spec.index) for t in BURNED_IN_TEXT)
+    bottom = size - 12
+    for left, top, text in (
+        (True, 0, name),
+        (False, 0, birth),
+        (True, bottom, clinic),
+        (False, bottom, number),
+    ):
+        # The bitmap font has no anchors: a right-aligned corner is placed by the text's width.
+        x = 1 if left else size - 1 - int(draw.textlength(text, font=font))
+        draw.text((x, top), text, fill=235, font=font)
+    clear = ndimage.binary_dilation(_Renderer(size).sector, iterations=2)
+    return np.where(clear, 0, np.asarray(layer)).astype(np.uint8)
+
+
 def render_video(spec: ScanSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Frames [T, H, W] uint8 and gaze [T, 2] in [0, 1] (x, y in image coordinates)."""
+    """Frames [T, H, W] uint8 with the burned-in text, and gaze [T, 2] in [0, 1] (x, y in image
+    coordinates)."""
     rng = _rng(spec.seed, spec.index, 2)
     renderer = _Renderer(spec.size)
+    text_HW = burned_in_text(spec)
     labels = frame_labels(spec)
     n = len(labels)
     frames = np.empty((n, spec.size, spec.size), np.uint8)
@@ -188,7 +220,7 @@ def render_video(spec: ScanSpec) -> tuple[np.ndarray, np.ndarray]:
             prims = background
         else:
             prims = _class_anatomy(int(labels[t]))
-        frames[t] = renderer.frame(prims, pos[0], pos[1], pos[2], rng)
+        frames[t] = np.maximum(renderer.frame(prims, pos[0], pos[1], pos[2], rng), text_HW)
         key = prims[0]
         c, s = np.cos(-pos[2]), np.sin(-pos[2])
         kx = c * key[1] - s * key[2] + pos[0]
