@@ -114,6 +114,18 @@ def _clip_arguments(b: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--shard-clips", type=int, default=200, help="clips per shard")
     b.add_argument(
+        "--max-gap-seconds",
+        type=float,
+        default=2.0,
+        help="a jump between two frames' timestamps larger than this fails the scan",
+    )
+    b.add_argument(
+        "--max-scan-seconds",
+        type=float,
+        default=4 * 3600.0,
+        help="a scan longer than this fails (checked while decoding, before memory is spent)",
+    )
+    b.add_argument(
         "--mask",
         default="auto",
         help="pixel de-identification, everything else blanked before encoding: auto (the imaging "
@@ -134,6 +146,8 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         split_fractions=args.split,
         shard_clips=args.shard_clips,
         mask=args.mask,
+        max_gap_seconds=args.max_gap_seconds,
+        max_scan_seconds=args.max_scan_seconds,
         overwrite=getattr(args, "overwrite", False),
     )
     vocabulary = getattr(args, "labels_vocabulary", None)

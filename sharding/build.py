@@ -26,6 +26,7 @@ from sharding.cut import ClipOptions, ScanTask, cut_scan, failed_record
 from sharding.deid import SaltError, assign_split, hash_id, read_salt
 from sharding.manifest import ScanRow, read_manifest
 from sharding.mask import MaskSpec
+from sharding.media import Timeline
 from sharding.runners import describe, make_runner
 from sharding.writer import JOURNAL_NAME, Journal, Resumed, SplitShards, verify_journal, write_atomic
 from usvs_dist import __version__
@@ -60,6 +61,10 @@ class BuildOptions:
     """The label classes labels files name (--labels-vocabulary), written to index.json."""
     mask: str = "auto"
     """Pixel de-identification (--mask): auto, none or box:x0,y0,x1,y1 (sharding.mask)."""
+    max_gap_seconds: float = Timeline.max_gap_seconds
+    """A jump between two frames' timestamps larger than this fails the scan."""
+    max_scan_seconds: float = Timeline.max_scan_seconds
+    """A scan longer than this fails (checked while decoding)."""
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -86,6 +91,11 @@ class BuildOptions:
             )
         if self.shard_clips < 1:
             raise BuildError(f"--shard-clips must be >= 1, got {self.shard_clips}")
+        if not 0 < self.max_gap_seconds <= self.max_scan_seconds:
+            raise BuildError(
+                f"--max-gap-seconds {self.max_gap_seconds} and --max-scan-seconds {self.max_scan_seconds} "
+                "must satisfy 0 < gap <= scan"
+            )
         try:
             MaskSpec.parse(self.mask)
         except ValueError as exc:
@@ -102,6 +112,7 @@ class BuildOptions:
             self.crf,
             classes=self.vocabulary.classes,
             mask=MaskSpec.parse(self.mask),
+            limits=Timeline(self.max_gap_seconds, self.max_scan_seconds),
         )
 
 

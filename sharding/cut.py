@@ -17,7 +17,7 @@ import numpy as np
 
 from sharding.manifest import ScanRow
 from sharding.mask import MaskError, MaskSpec, apply_mask
-from sharding.media import MediaError, encode_mp4, read_audio, read_video
+from sharding.media import MediaError, Timeline, encode_mp4, read_audio, read_video
 from usvs_dist.data import schema
 
 VAD_FRAME_SECONDS = 0.02
@@ -38,6 +38,8 @@ class ClipOptions:
     """The label vocabulary: a labels file names these classes (or gives their indices)."""
     mask: MaskSpec = MaskSpec()
     """What of each frame is kept (sharding.mask); the rest is black before encoding."""
+    limits: Timeline = Timeline()
+    """The plausibility limits of a scan's timeline."""
 
 
 @dataclass(frozen=True)
@@ -208,9 +210,8 @@ def cut_scan(task: ScanTask, opts: ClipOptions) -> ScanResult:
     except ScanFailure as exc:
         return ScanResult(task.position, [], failed_record(task, exc.column, exc.reason))
     except Exception as exc:  # one odd file must not end a build of thousands; it is reported
-        return ScanResult(
-            task.position, [], failed_record(task, "video", f"unexpected {type(exc).__name__}: {exc}")
-        )
+        # The error's class only: its message can quote the file's contents.
+        return ScanResult(task.position, [], failed_record(task, "video", f"unexpected {type(exc).__name__}"))
 
 
 _QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:)?[/\\][^'"]*\1""")
@@ -230,7 +231,7 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     row = task.row
     if not row.video.is_file():
         raise ScanFailure("video", "file does not exist or is not a regular file")
-    track = _column("video", read_video, row.video, opts.fps, opts.size)
+    track = _column("video", read_video, row.video, opts.fps, opts.size, opts.limits)
     try:
         frames_THW, kept_share = apply_mask(track.frames_THW, opts.mask, track.source_wh)
     except MaskError as exc:
@@ -245,6 +246,16 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
         raise ScanFailure("audio", "the audio file has no audio stream")
     if audio is not None and len(audio) == 0:
         raise ScanFailure(audio_column, "audio stream has no samples (zero duration)")
+    if audio is not None:
+        # A video cut short beside a whole narration (or the reverse) would pair clips with the
+        # wrong speech, or with silence that was never spoken.
+        video_s, audio_s = len(track.frames_THW) / opts.fps, len(audio) / schema.AUDIO_RATE
+        if abs(video_s - audio_s) > Timeline.tolerance(video_s):
+            raise ScanFailure(
+                audio_column,
+                f"the narration lasts {audio_s:.1f} s and the video {video_s:.1f} s "
+                "(more than max(1 s, 5 %) apart)",
+            )
     labels = (
         _column("labels", read_labels, row.labels, track.source_frames, opts.classes) if row.labels else None
     )

@@ -79,6 +79,28 @@ def encode_mp4(
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """Limits a scan's timeline must keep to; a scan outside them fails (an input that lies).
+
+    A 600 s jump between two frames would otherwise become 600 s of one frozen frame (and a
+    longer one exhaust memory), a broken time base a 6 s scan into minutes.
+    """
+
+    max_gap_seconds: float = 2.0
+    """Largest allowed step between consecutive frames' timestamps (--max-gap-seconds)."""
+    max_scan_seconds: float = 4 * 3600.0
+    """Longest scan (--max-scan-seconds); checked while decoding, before memory is spent."""
+    min_fps: float = 1.0
+    max_fps: float = 240.0
+    """Range of the source frame rate measured from the timestamps."""
+
+    @staticmethod
+    def tolerance(seconds: float) -> float:
+        """How far two durations of one scan may differ: max(1 s, 5 %)."""
+        return max(1.0, 0.05 * seconds)
+
+
 @dataclass
 class VideoTrack:
     """Frames resampled onto a regular time grid, with the source frame each one came from."""
@@ -109,11 +131,12 @@ def grey_square(frame: av.VideoFrame, size: int) -> np.ndarray:
     return letterbox(frame.reformat(width=w, height=h, format="gray").to_ndarray(), size)
 
 
-def read_video(path: Path, fps: float, size: int) -> VideoTrack:
+def read_video(path: Path, fps: float, size: int, limits: Timeline = Timeline()) -> VideoTrack:
     """Decode a scan's video onto a grid of `fps`, letterboxed to size x size grey frames.
 
     Each output frame is the source frame nearest in time to the grid point, so variable or
-    fractional (29.97) source rates land on a regular grid.
+    fractional (29.97) source rates land on a regular grid. The timeline is checked against
+    `limits`, and the decoded duration against the one the file declares.
     """
     try:
         container = av.open(str(path))
@@ -136,6 +159,13 @@ def read_video(path: Path, fps: float, size: int) -> VideoTrack:
                 t = (
                     frame.time if frame.time is not None else n_src / float(stream.average_rate or 30)
                 ) - start
+                if prev is not None and t - prev_t > limits.max_gap_seconds:
+                    raise MediaError(
+                        f"frame timestamps jump by {t - prev_t:.1f} s after frame {prev_i} "
+                        f"(more than --max-gap-seconds {limits.max_gap_seconds:g})"
+                    )
+                if t > limits.max_scan_seconds:
+                    raise MediaError(f"the video runs past --max-scan-seconds {limits.max_scan_seconds:g}")
                 gray = grey_square(frame, size)
                 source_wh = (frame.width, frame.height)
                 if prev is not None:
@@ -147,19 +177,40 @@ def read_video(path: Path, fps: float, size: int) -> VideoTrack:
                         next_j += 1
                 prev, prev_t, prev_i = gray, t, n_src
         except av.error.FFmpegError as exc:
+            # FFmpeg's class of error, never its message: it can quote the file's name or bytes.
             if prev is None:
-                raise MediaError(f"video stream cannot be decoded: {exc}") from exc
-            raise MediaError(f"video stream is corrupt after frame {prev_i}: {exc}") from exc
+                raise MediaError(f"video stream cannot be decoded ({type(exc).__name__})") from exc
+            raise MediaError(f"video stream is corrupt after frame {prev_i} ({type(exc).__name__})") from exc
         if prev is None:
             raise MediaError("video stream has no decodable frames (zero duration)")
         count = n_src + 1
         source_fps = (count - 1) / period_sum if period_sum > 0 else float(stream.average_rate or fps)
+        if not limits.min_fps <= source_fps <= limits.max_fps:
+            raise MediaError(
+                f"the frame rate from the timestamps is {source_fps:.3g} fps, outside "
+                f"{limits.min_fps:g}-{limits.max_fps:g} fps (a broken time base?)"
+            )
         end = prev_t + 1.0 / source_fps
+        declared = _declared_seconds(container, stream)
+        if declared is not None and abs(end - declared) > Timeline.tolerance(declared):
+            raise MediaError(
+                f"the decoded video lasts {end:.1f} s, the file declares {declared:.1f} s "
+                "(truncated or damaged; tolerance max(1 s, 5 %))"
+            )
         while next_j / fps < end - 1e-6:
             frames.append(prev)
             sources.append(prev_i)
             next_j += 1
     return VideoTrack(np.stack(frames), np.asarray(sources), fps, source_fps, count, source_wh)
+
+
+def _declared_seconds(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """The video stream's duration as the file states it (stream, else container), if it does."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else None
 
 
 def read_audio(path: Path, rate: int, *, start_offset: float = 0.0) -> np.ndarray | None:
@@ -189,7 +240,7 @@ def read_audio(path: Path, rate: int, *, start_offset: float = 0.0) -> np.ndarra
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as exc:
-            raise MediaError(f"audio stream is corrupt: {exc}") from exc
+            raise MediaError(f"audio stream is corrupt ({type(exc).__name__})") from exc
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     offset = round((first_t or 0.0) * rate)
     if offset > 0:

@@ -125,3 +125,20 @@ def retag(src: Path, dst: Path, tags: dict[str, str]) -> Path:
 def build_args(manifest: Path, out: Path, salt_file: Path, flags: str = "") -> list[str]:
     """`sharding build` arguments: the manifest, --out, --salt-file, then `flags` (space-separated)."""
     return ["build", str(manifest), "--out", str(out), "--salt-file", str(salt_file), *flags.split()]
+
+
+def write_timed_video(
+    path: Path, frames_THW: np.ndarray, times: list[float], container_format: str | None = None
+) -> Path:
+    """H.264 grey frames shown at `times` (seconds, millisecond time base): gaps, odd rates."""
+    T, H, W = frames_THW.shape
+    with av.open(str(path), "w", format=container_format) as out:
+        vs = out.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.codec_context.time_base = Fraction(1, 1000)
+        for k, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(frames_THW[k], format="gray").reformat(format="yuv420p")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    return path
