@@ -54,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
         "--salt-file",
         type=Path,
         default=None,
-        help="file holding the de-identification salt (else $USVS_SHARD_SALT)",
+        help="file holding the de-identification salt, >= 16 random bytes (else $USVS_SHARD_SALT, "
+        "which leaks through job environments: prefer the file)",
     )
     b.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     b.add_argument("--allow-failures", action="store_true", help="exit 0 even when some scans failed")
