@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
         "--salt-file",
         type=Path,
         default=None,
-        help="file holding the de-identification salt (else $USVS_SHARD_SALT)",
+        help="file holding the de-identification salt, >= 16 random bytes (else $USVS_SHARD_SALT, "
+        "which leaks through job environments: prefer the file)",
     )
     b.add_argument(
         "--labels-vocabulary",

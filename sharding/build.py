@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sharding.cut import ClipOptions, ScanTask, cut_scan, failed_record
+from sharding.cut import ClipOptions, ScanResult, ScanTask, cut_scan, failed_record
 from sharding.deid import SaltError, assign_split, hash_id, read_salt
 from sharding.manifest import ScanRow, read_manifest
 from sharding.mask import MaskSpec
@@ -69,6 +69,13 @@ class BuildOptions:
 
     def validate(self) -> None:
         """Raise BuildError naming the first invalid option."""
+        # NaN slips through range checks (every comparison with it is False) and inf passes
+        # lower bounds: refuse both for every float option before its own range check.
+        for name, value in asdict(self).items():
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                flag = "--split" if name == "split_fractions" else "--" + name.replace("_", "-")
+                raise BuildError(f"{flag} must be a finite number, got {value}")
         if self.clip_seconds <= 0:
             raise BuildError(f"--clip-seconds must be > 0, got {self.clip_seconds}")
         if self.stride_seconds < 0:
@@ -143,6 +150,11 @@ def _plan(rows: list[ScanRow], salt: bytes, opts: BuildOptions) -> tuple[list[Sc
             first_line[row.scan_id] = row.row
         tasks.append(task)
     return tasks, failed
+
+
+def _crashed(task: ScanTask, reason: str) -> ScanResult:
+    """The result of a scan whose worker process died on every try: a failed scan, the build goes on."""
+    return ScanResult(task.position, [], failed_record(task, "video", reason))
 
 
 def _fingerprint(tasks: list[ScanTask], opts: BuildOptions) -> str:
@@ -262,7 +274,7 @@ def build(
         s: SplitShards(out, s, opts.shard_clips, journal, next_index=len(resumed.shards.get(s, [])))
         for s in schema.SPLITS
     }
-    runner = make_runner(execution.workers, execution.ray_address)
+    runner = make_runner(execution.workers, execution.ray_address, on_crash=_crashed)
     where = describe(execution.workers, execution.ray_address)
     log(f"build: {len(todo)} of {len(tasks)} scans to cut in {where}")
     sizes = [_size(t.row.video) for t in todo]

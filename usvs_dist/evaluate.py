@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from usvs_dist.config import ConfigError, from_dict, to_dict
+from usvs_dist.config import ConfigError, from_dict, redact, to_dict
 from usvs_dist.eval import report, tasks
 from usvs_dist.eval.clips import load_clips
 from usvs_dist.eval.encoders import RUN_FILE, Encoders, build_encoders, from_checkpoint, random_twin
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in result["files"]:
             tracker.log_artifact(path, "downstream")
         tracker.close()
-        print(f"logged to MLflow run {run_id} at {uri}")
+        print(f"logged to MLflow run {run_id} at {redact(uri)}")
     return 0
 
 

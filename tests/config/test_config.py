@@ -113,3 +113,24 @@ def test_dual2024_config_builds_the_paper_model():
     }
     assert model.projections["audio"].proj.out_features == 512
     assert model.fusions["va"].proj.in_features == 512 + 2048
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["optim.lr=inf"], "config key optim.lr=inf is invalid: expected a finite number"),
+        (["objective.temperature=nan"], "config key objective.temperature=nan is invalid"),
+        (["objective.self_paced.lambda0=-inf"], "config key objective.self_paced.lambda0=-inf is invalid"),
+        (["objective.weights={mmcl_a: .nan}"], "config key objective.weights.mmcl_a=nan is invalid"),
+        (
+            ["objective.recipe=custom", "objective.terms=[{term: va_nce, weight: .inf}]"],
+            "config key objective.terms[0].weight=inf is invalid",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        from_dict({"optim": {"lr": float("inf")}})  # the tree Ray workers and sweeps rebuild from

@@ -61,3 +61,37 @@ def test_ray_job_working_dir_warning(tmp_path, monkeypatch, caplog):
             load_config(None, ["train.storage_path=/shared/r", "tracking.uri=sqlite:////shared/m.db"])
         )
     assert caplog.text == ""
+
+
+def test_mlflow_params_tags_and_config_artifacts_are_redacted(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    from usvs_dist.train.launch import open_tracking
+
+    monkeypatch.setenv("USVS_TEST_SHARDS", "/private/shards")
+    pipe = "pipe:curl -s https://h/train-000000.tar?token=abc"
+    cfg = load_config(
+        None,
+        [
+            "data.shards=${oc.env:USVS_TEST_SHARDS}",
+            f"data.shard_urls=['{pipe}']",
+            "tracking.uri=http://alice:s3cret@mlflow:5000",
+        ],
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    tags = {"usvs.source": "s3://b/x?X-Amz-Signature=f00dfeed"}
+    run_id, tracker = open_tracking(cfg, uri, "redacted-run", tags)
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    recorded = str(run.data.params) + str(run.data.tags)
+    tracker.close()
+    for path in ("config/resolved.yaml", "config/deepspeed.json"):
+        recorded += Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text()
+    assert run.data.params["data.shards"] == "${oc.env:USVS_TEST_SHARDS}"
+    assert run.data.params["tracking.uri"] == "http://<redacted>@mlflow:5000"
+    assert run.data.tags["usvs.source"] == "s3://b/x?<redacted>"
+    for secret in ("/private/shards", "s3cret", "curl", "token=abc", "f00dfeed"):
+        assert secret not in recorded, secret
+    assert cfg.data.shards == "/private/shards" and cfg.data.shard_urls == [pipe]  # the run's own values

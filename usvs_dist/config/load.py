@@ -1,13 +1,16 @@
 """Load a RootConfig: embedded defaults <- YAML file <- `section.key=value` overrides.
 
 OmegaConf does the merging and the type checks against the dataclass tree (unknown keys and
-values of the wrong type are refused); each section's `__post_init__` then checks ranges.
-Every failure becomes one ConfigError line naming the file or the full key.
+values of the wrong type are refused); NaN and infinite floats are refused anywhere in the tree;
+each section's `__post_init__` then checks ranges. Every failure becomes one ConfigError line
+naming the file or the full key. The keys whose values came from `${oc.env:...}` are recorded on
+the returned config, so what is logged can show the expression instead (config.redact).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from usvs_dist.config.redact import env_interpolations, remember_env_sources
 from usvs_dist.config.schema import ConfigError, RootConfig
 
 
@@ -51,12 +55,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _one_line(exc, f"override {item!r}") from exc
+    return _to_config(merged)
+
+
+def _to_config(merged: Any, env: dict[str, Any] | None = None) -> RootConfig:
+    """The validated RootConfig of a merged tree, with the keys it took from the environment."""
     try:
+        sources = {**(env or {}), **env_interpolations(OmegaConf.to_container(merged, resolve=False))}
+        _refuse_non_finite(OmegaConf.to_container(merged, resolve=True), "")
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise _one_line(exc, "config") from exc
     assert isinstance(cfg, RootConfig)
-    return cfg
+    return remember_env_sources(cfg, sources)
+
+
+def _refuse_non_finite(tree: Any, key: str) -> None:
+    """ConfigError for the first NaN or infinite float anywhere in the (resolved) tree.
+
+    One check for every float field, before the sections' range checks: NaN fails no comparison
+    (so `x <= limit` style checks pass it) and inf passes every lower bound.
+    """
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            _refuse_non_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(tree, list):
+        for k, value in enumerate(tree):
+            _refuse_non_finite(value, f"{key}[{k}]")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise ConfigError(f"config key {key}={tree!r} is invalid: expected a finite number")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -64,19 +91,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(tree: dict[str, Any]) -> RootConfig:
-    """Rebuild a validated RootConfig from `to_dict` output (inside Ray workers)."""
+def from_dict(tree: dict[str, Any], env: dict[str, Any] | None = None) -> RootConfig:
+    """Rebuild a validated RootConfig from `to_dict` output (inside Ray workers).
+
+    `env`: the env_sources of the config `tree` was made from (to_dict resolves them away).
+    """
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RootConfig), tree))
+        merged = OmegaConf.merge(OmegaConf.structured(RootConfig), tree)
     except OmegaConfBaseException as exc:
         raise _one_line(exc, "config") from exc
-    assert isinstance(cfg, RootConfig)
-    return cfg
+    return _to_config(merged, env)
 
 
-def to_yaml(cfg: RootConfig) -> str:
-    """The resolved config as YAML, the artifact saved with every run."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+def to_yaml(cfg: RootConfig | dict[str, Any]) -> str:
+    """The resolved config (or a tree such as config.redacted's) as YAML, as saved with runs."""
+    return yaml.safe_dump(cfg if isinstance(cfg, dict) else to_dict(cfg), sort_keys=False)
 
 
 def flatten(tree: dict[str, Any] | RootConfig, prefix: str = "") -> dict[str, Any]:

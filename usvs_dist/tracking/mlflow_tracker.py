@@ -16,6 +16,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from usvs_dist.config import redact
+
 log = logging.getLogger(__name__)
 
 RUN_NAME_TAG = "usvs.run_name"
@@ -46,7 +48,11 @@ def _artifact_root(uri: str) -> str | None:
 def open_run(
     uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None
 ) -> str:
-    """Create (or find, for a resumed run name) the run; log params once. Returns the run id."""
+    """Create (or find, for a resumed run name) the run; log params once. Returns the run id.
+
+    Param and tag values are redacted (config.redact: URL credentials and query strings, pipe:
+    commands) whoever calls; callers pass config.redacted(cfg) so env-read values are hidden too.
+    """
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, _artifact_root(uri))
@@ -55,8 +61,8 @@ def open_run(
         run_id = found[0].info.run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run_id
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **(tags or {})})
-    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **redact(tags or {})})
+    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(redact(params).items())]
     for i in range(0, len(items), BATCH):
         client.log_batch(run.info.run_id, params=items[i : i + BATCH])
     return run.info.run_id
@@ -68,7 +74,7 @@ def finish_run(uri: str, run_id: str, ok: bool) -> None:
     try:
         MlflowClient(uri).set_terminated(run_id, status)
     except Exception as exc:
-        log.warning("could not mark MLflow run %s %s: %s", run_id, status, str(exc).splitlines()[0])
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, redact(str(exc).splitlines()[0]))
 
 
 def mark_stopped_trials(uri: str, parent_run_id: str, trial_ids: list[str]) -> None:
@@ -95,7 +101,7 @@ def download_run_files(uri: str, run_id: str, paths: list[str], dest: str | Path
             out.append(Path(client.download_artifacts(run_id, path, str(dest))))
         except Exception as exc:  # MlflowException for unknown runs or paths
             raise FileNotFoundError(
-                f"MLflow run {run_id} at {uri}: no artifact {path} ({exc})".splitlines()[0]
+                redact(f"MLflow run {run_id} at {uri}: no artifact {path} ({exc})".splitlines()[0])
             ) from exc
     return out
 
@@ -120,14 +126,15 @@ class MlflowTracker:
                 )
                 self.monitor.start()
             except Exception as exc:  # a missing psutil or an outage must not stop training
-                log.warning("MLflow system metrics are off: %s", str(exc).splitlines()[0])
+                log.warning("MLflow system metrics are off: %s", redact(str(exc).splitlines()[0]))
                 self.monitor = None
 
     def _safe(self, what: str, fn, *args, **kwargs) -> None:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # tracking outages must not stop training
-            log.warning("MLflow %s failed, training continues: %s", what, str(exc).splitlines()[0])
+            # MLflow's errors can quote the tracking URI, credentials included.
+            log.warning("MLflow %s failed, training continues: %s", what, redact(str(exc).splitlines()[0]))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log a batch of scalars at `step`."""

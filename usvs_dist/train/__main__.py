@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from usvs_dist.config import ConfigError, load_config
+from usvs_dist.config import ConfigError, load_config, redact
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(cfg, data=data)
     print(f"MLflow run id: {result.mlflow_run_id}")
-    print(f"MLflow tracking URI: {result.tracking_uri}")
+    print(f"MLflow tracking URI: {redact(result.tracking_uri)}")
     print(f"checkpoint: {result.checkpoint_path}")
     print(f"final metrics: {result.metrics}")
     return 0

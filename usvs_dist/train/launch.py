@@ -16,7 +16,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from usvs_dist.config import RootConfig, flatten, to_dict, to_yaml
+from usvs_dist.config import RootConfig, flatten, redact, redacted, to_dict, to_yaml
 from usvs_dist.data import schema
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.shards import index_sha256, is_remote, load_index
@@ -179,24 +179,16 @@ def run(
 
     run_name = cfg.train.run_name or f"usvs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     uri = resolve_uri(cfg.tracking.uri)
-    run_id = open_run(
-        uri,
-        cfg.tracking.experiment,
-        run_name,
-        flatten(cfg),
-        tags={
-            "recipe": cfg.objective.recipe,
-            "shard_index_sha256": index_sha256(shards),
-            "git_commit": _git_commit(),
-            **(tags or {}),
-        },
-    )
-    driver_tracker = MlflowTracker(uri, run_id)
+    tags = {
+        "recipe": cfg.objective.recipe,
+        "shard_index_sha256": index_sha256(shards),
+        "git_commit": _git_commit(),
+        **(tags or {}),
+    }
+    run_id, driver_tracker = open_tracking(cfg, uri, run_name, tags)
     # How much of the split the recipe can use, beside the run's other data facts.
     driver_tracker.log_metrics({"data/clips_without_narration_left_out": left_out}, 0)
-    driver_tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
-    driver_tracker.log_text(json.dumps(deepspeed_config(cfg), indent=2), "config/deepspeed.json")
-    log_fn(f"run {run_name}: MLflow run {run_id} at {uri}")
+    log_fn(f"run {run_name}: MLflow run {run_id} at {redact(uri)}")
 
     storage_path = _storage_path(cfg.train.storage_path)
     resume_from = latest_complete_checkpoint(storage_path, run_name)
@@ -249,6 +241,19 @@ def run(
             driver_tracker.log_artifact(plot, "plots")
     finish_run(uri, run_id, ok=True)
     return RunResult(run_name, run_id, uri, result.checkpoint.path, dict(result.metrics or {}))
+
+
+def open_tracking(cfg: RootConfig, uri: str, run_name: str, tags: dict) -> tuple[str, MlflowTracker]:
+    """Open (or find) the run's MLflow run; log its params, tags and config artifacts, redacted.
+
+    The run itself uses the real values; what MLflow shows is config.redacted(cfg) (URL
+    credentials and query strings, pipe: commands, values read from the environment).
+    """
+    run_id = open_run(uri, cfg.tracking.experiment, run_name, flatten(redacted(cfg)), tags=tags)
+    tracker = MlflowTracker(uri, run_id)
+    tracker.log_text(to_yaml(redacted(cfg)), "config/resolved.yaml")
+    tracker.log_text(json.dumps(redact(deepspeed_config(cfg)), indent=2), "config/deepspeed.json")
+    return run_id, tracker
 
 
 def _git_commit() -> str:

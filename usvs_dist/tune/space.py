@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from usvs_dist.config import ConfigError, RootConfig, flatten, from_dict, to_dict
+from usvs_dist.config import ConfigError, RootConfig, env_sources, flatten, from_dict, to_dict
 from usvs_dist.losses import check_objective, recipe_reads
 
 SEARCHES = ("grid", "random", "optuna")
@@ -76,11 +76,15 @@ def _check_param(key: str, spec: Any, base: RootConfig, known: set[str]) -> None
 
 
 def with_params(base: RootConfig, params: dict[str, Any]) -> RootConfig:
-    """The base config with `section.key` values set (validated like any config)."""
+    """The base config with `section.key` values set (validated like any config).
+
+    Keys the base took from the environment still count as such unless a param sets them.
+    """
     tree = OmegaConf.merge(
         OmegaConf.create(to_dict(base)), OmegaConf.from_dotlist([f"{k}={v}" for k, v in params.items()])
     )
-    return from_dict(OmegaConf.to_container(tree))
+    env = {k: v for k, v in env_sources(base).items() if k not in params}
+    return from_dict(OmegaConf.to_container(tree), env)
 
 
 def load_sweep(path: str | Path) -> Sweep:

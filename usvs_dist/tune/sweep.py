@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from usvs_dist.config import from_dict, to_dict, to_yaml
+from usvs_dist.config import env_sources, from_dict, redact, redacted, to_dict, to_yaml
 from usvs_dist.tracking import MlflowTracker, finish_run, mark_stopped_trials, open_run, resolve_uri
 from usvs_dist.train.launch import run as train_run
 from usvs_dist.train.phantom_cache import ensure_phantom_shards
@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 
 
-def _trial(params: dict, *, base: dict, sweep_name: str, parent_run_id: str) -> None:
-    """One trial: a full training run named after the trial, nested under the sweep's run."""
-    cfg = with_params(from_dict(base), params)
+def _trial(params: dict, *, base: dict, env: dict, sweep_name: str, parent_run_id: str) -> None:
+    """One trial: a full training run named after the trial, nested under the sweep's run.
+
+    `env`: the base's env_sources, so the trial's run logs those keys redacted too.
+    """
+    cfg = with_params(from_dict(base, env), params)
     trial = tune.get_context().get_trial_id()
     cfg.train.run_name = f"{sweep_name}-{trial}"
     train_run(
@@ -69,10 +72,12 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
         tags={"usvs.sweep": sweep.name, "recipe": base.objective.recipe},
     )
     tracker = MlflowTracker(uri, parent)
-    tracker.log_text(to_yaml(base), "config/base.yaml")
+    tracker.log_text(to_yaml(redacted(base)), "config/base.yaml")
     if not ray.is_initialized():
         ray.init(log_to_driver=True, runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
-    trainable = tune.with_parameters(_trial, base=to_dict(base), sweep_name=sweep.name, parent_run_id=parent)
+    trainable = tune.with_parameters(
+        _trial, base=to_dict(base), env=env_sources(base), sweep_name=sweep.name, parent_run_id=parent
+    )
     # The trial function drives its Train run (its workers reserve their own resources); it
     # holds sweep.trial_cpus so that concurrent trials cannot starve worker-group start.
     trainable = tune.with_resources(trainable, {"CPU": sweep.trial_cpus})
@@ -137,8 +142,8 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
     }
     if best_value is not None:
         tracker.log_metrics({f"best/{sweep.metric}": float(best_value)}, 0)
-    tracker.log_text(json.dumps(summary, indent=2, default=str), "best_trial.json")
-    tracker.log_text(to_yaml(with_params(base, summary["params"])), "config/best.yaml")
+    tracker.log_text(json.dumps(redact(summary), indent=2, default=str), "best_trial.json")
+    tracker.log_text(to_yaml(redacted(with_params(base, summary["params"]))), "config/best.yaml")
     finish_run(uri, parent, ok=not results.errors)
     print_fn(
         f"sweep {sweep.name}: best {sweep.metric}={best_value} with {summary['params']} (MLflow run {parent})"

@@ -1,0 +1,43 @@
+"""Task functions that kill their own worker process, for the crash-isolation tests.
+
+They live in an importable module (not in a test function) because spawned worker processes
+import the function by name; monkeypatching cannot reach across spawn.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from sharding.cut import ClipOptions, ScanResult, ScanTask, cut_scan
+
+CRASH_ALWAYS = "crash-always"
+"""A scan_id whose every cut kills its worker (a scan that segfaults FFmpeg each time)."""
+CRASH_ONCE = "crash-once"
+"""A scan_id whose first cut kills its worker (a scan killed for memory beside others)."""
+ONCE_FLAG_ENV = "USVS_TEST_CRASH_ONCE_FLAG"
+"""File whose creation marks that the crash-once scan has died once (workers inherit the env)."""
+
+
+def square_or_die(x: int, arg: dict) -> int:
+    """x * x after arg["sleep"] seconds; kills its own process for x in arg["die"] (every try)."""
+    time.sleep(arg.get("sleep", 0.0))
+    if x in arg.get("die", ()):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if x in arg.get("exit", ()):
+        os._exit(3)
+    return x * x
+
+
+def cut_or_die(task: ScanTask, opts: ClipOptions) -> ScanResult:
+    """cut_scan, except that the scans named above kill their worker process (SIGKILL)."""
+    if task.row.scan_id == CRASH_ALWAYS:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if task.row.scan_id == CRASH_ONCE:
+        flag = Path(os.environ[ONCE_FLAG_ENV])
+        if not flag.exists():
+            flag.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return cut_scan(task, opts)
