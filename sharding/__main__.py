@@ -104,6 +104,13 @@ def _clip_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--workers", type=int, default=1, help="local processes cutting scans (or Ray tasks in flight)"
     )
+    b.add_argument(
+        "--dicom-fps",
+        type=float,
+        default=None,
+        help="frame rate of DICOM cine loops that state none (no FrameTime, FrameTimeVector, "
+        "CineRate or RecommendedDisplayFrameRate); default: such scans fail",
+    )
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
@@ -116,6 +123,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         split_fractions=args.split,
         shard_clips=args.shard_clips,
         overwrite=getattr(args, "overwrite", False),
+        dicom_fps=args.dicom_fps,
     )
     opts.validate()
     return opts

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from sharding.cut import ClipOptions, ScanTask, cut_scan, failed_record
 from sharding.deid import SaltError, assign_split, hash_id, read_salt
+from sharding.dicom import FPS_RANGE as DICOM_FPS_RANGE
 from sharding.manifest import ScanRow, read_manifest
 from sharding.runners import describe, make_runner
 from sharding.writer import JOURNAL_NAME, Journal, Resumed, SplitShards, verify_journal, write_atomic
@@ -56,6 +57,8 @@ class BuildOptions:
     shard_clips: int = 200
     crf: int = 20
     overwrite: bool = False
+    dicom_fps: float | None = None
+    """Frame rate of DICOM cine loops whose file states none; None: such a scan fails."""
 
     def validate(self) -> None:
         """Raise BuildError naming the first invalid option."""
@@ -81,11 +84,21 @@ class BuildOptions:
             )
         if self.shard_clips < 1:
             raise BuildError(f"--shard-clips must be >= 1, got {self.shard_clips}")
+        low, high = DICOM_FPS_RANGE
+        fps = self.dicom_fps
+        if fps is not None and not (math.isfinite(fps) and low <= fps <= high):
+            raise BuildError(f"--dicom-fps must be a frame rate in [{low:g}, {high:g}] frames/s, got {fps}")
 
     def clip_options(self) -> ClipOptions:
         """The options a scan task needs."""
         return ClipOptions(
-            self.clip_seconds, self.stride_seconds, self.min_speech_ratio, self.fps, self.size, self.crf
+            self.clip_seconds,
+            self.stride_seconds,
+            self.min_speech_ratio,
+            self.fps,
+            self.size,
+            self.crf,
+            dicom_fps=self.dicom_fps,
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sharding.dicom import is_dicom, read_dicom
 from sharding.manifest import ScanRow
 from sharding.media import MediaError, encode_mp4, read_audio, read_video
 from usvs_dist.data import schema
@@ -33,6 +34,8 @@ class ClipOptions:
     fps: float
     size: int
     crf: int
+    dicom_fps: float | None = None
+    """Frame rate of DICOM cine loops that state none (--dicom-fps); None: such a loop fails."""
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,17 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     row = task.row
     if not row.video.is_file():
         raise ScanFailure("video", "file does not exist or is not a regular file")
-    track = _column("video", read_video, row.video, opts.fps, opts.size)
+    dicom = is_dicom(row.video)  # by content: a DICOM's name need not end in .dcm
+    if dicom:
+        track = _column("video", read_dicom, row.video, opts.fps, opts.size, opts.dicom_fps)
+    else:
+        track = _column("video", read_video, row.video, opts.fps, opts.size)
     if row.audio is not None and not row.audio.is_file():
         raise ScanFailure("audio", "file does not exist or is not a regular file")
     audio_column = "audio" if row.audio else "video"
-    audio = _column(audio_column, read_audio, row.audio or row.video, schema.AUDIO_RATE)
+    # A DICOM cine has no sound track: its narration can only be a separate file.
+    no_track = dicom and row.audio is None
+    audio = None if no_track else _column(audio_column, read_audio, row.audio or row.video, schema.AUDIO_RATE)
     if audio is None:
         raise ScanFailure("audio", "no audio stream in the video and no separate audio file")
     if len(audio) == 0:
