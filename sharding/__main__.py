@@ -135,6 +135,13 @@ def _clip_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--workers", type=int, default=1, help="local processes cutting scans (or Ray tasks in flight)"
     )
+    b.add_argument(
+        "--dicom-fps",
+        type=float,
+        default=None,
+        help="frame rate of DICOM cine loops that state none (no FrameTime, FrameTimeVector, "
+        "CineRate or RecommendedDisplayFrameRate); default: such scans fail",
+    )
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
@@ -150,6 +157,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         max_gap_seconds=args.max_gap_seconds,
         max_scan_seconds=args.max_scan_seconds,
         overwrite=getattr(args, "overwrite", False),
+        dicom_fps=args.dicom_fps,
     )
     vocabulary = getattr(args, "labels_vocabulary", None)
     if vocabulary is not None:

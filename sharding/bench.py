@@ -17,7 +17,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+from pydicom.pixels import iter_pixels
 
+from sharding import dicom
 from sharding.build import BuildOptions, Execution, build
 from sharding.manifest import read_manifest
 from sharding.media import MediaError, encode_mp4, grey_square
@@ -32,43 +34,72 @@ def _cpu_seconds() -> float:
 
 
 def naive_cut(video: Path, audio: Path | None, opts: BuildOptions) -> int:
-    """Cut one scan clip by clip (seek, decode the window, scale, encode); returns the clips made."""
+    """Cut one scan clip by clip (seek, decode the window, scale, encode); returns the clips made.
+
+    A DICOM cine is cut the same way: for each clip, pydicom decodes the frames whose times fall
+    in the window (its `indices`), which is the seek of a frame-indexed file.
+    """
     per_clip = round(opts.clip_seconds * opts.fps)
     step = opts.stride_seconds or opts.clip_seconds
     samples = round(opts.clip_seconds * schema.AUDIO_RATE)
-    with av.open(str(video)) as container:
-        duration = float(container.duration or 0) / av.time_base
+    cine = dicom.is_dicom(video)
+    if cine:
+        header = dicom.read_header(video)
+        times, source_fps = dicom.frame_times(header, dicom.frame_count(header), opts.dicom_fps)
+        duration = times[-1] + 1.0 / source_fps
+    else:
+        with av.open(str(video)) as container:
+            duration = float(container.duration or 0) / av.time_base
     made = 0
     t0 = 0.0
     while t0 + opts.clip_seconds <= duration + 1e-6:
         t1 = t0 + opts.clip_seconds
-        with av.open(str(video)) as container:
-            stream = container.streams.video[0]
-            container.seek(int(t0 / stream.time_base), stream=stream, backward=True)
-            frames = []
-            for frame in container.decode(stream):
-                if frame.time is None or frame.time < t0 - 1e-6:
-                    continue
-                if frame.time >= t1:
-                    break
-                frames.append(grey_square(frame, opts.size))
+        if cine:
+            window = np.flatnonzero((times >= t0 - 1e-6) & (times < t1)).tolist()
+            with dicom.quiet():
+                frames = [dicom.grey_frame(p, header, opts.size) for p in iter_pixels(video, indices=window)]
+        else:
+            frames = _naive_window(video, t0, t1, opts.size)
         if not frames:
             break
         pick = np.linspace(0, len(frames) - 1, per_clip).round().astype(int)
-        with av.open(str(audio or video)) as container:
-            stream = container.streams.audio[0]
-            container.seek(int(t0 / stream.time_base), stream=stream, backward=True)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=schema.AUDIO_RATE)
-            chunks = []
-            for frame in container.decode(stream):
-                if frame.time is not None and frame.time >= t1:
-                    break
-                chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
-        wave = np.concatenate(chunks)[:samples] if chunks else np.zeros(samples, np.float32)
+        wave = None if audio is None and cine else _naive_narration(audio or video, t0, t1, samples)
         encode_mp4(np.stack([frames[i] for i in pick]), opts.fps, wave, schema.AUDIO_RATE, crf=opts.crf)
         made += 1
         t0 += step
     return made
+
+
+def _naive_narration(path: Path, t0: float, t1: float, samples: int) -> np.ndarray | None:
+    """Narration in [t0, t1) at the stored rate (seek with PyAV, decode, resample); None without
+    an audio stream (a video-only scan)."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        container.seek(int(t0 / stream.time_base), stream=stream, backward=True)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=schema.AUDIO_RATE)
+        chunks = []
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time >= t1:
+                break
+            chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
+    return np.concatenate(chunks)[:samples] if chunks else np.zeros(samples, np.float32)
+
+
+def _naive_window(video: Path, t0: float, t1: float, size: int) -> list[np.ndarray]:
+    """Frames in [t0, t1) of a video, scaled: seek to t0 with PyAV and decode from there."""
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        container.seek(int(t0 / stream.time_base), stream=stream, backward=True)
+        frames = []
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time < t0 - 1e-6:
+                continue
+            if frame.time >= t1:
+                break
+            frames.append(grey_square(frame, size))
+    return frames
 
 
 def run(manifest: Path, opts: BuildOptions, workers: int, print_fn=print) -> tuple[float, float]:

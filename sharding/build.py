@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from sharding.cut import ClipOptions, ScanResult, ScanTask, cut_scan, failed_record
 from sharding.deid import SaltError, assign_split, hash_id, read_salt
+from sharding.dicom import FPS_RANGE as DICOM_FPS_RANGE
 from sharding.manifest import ScanRow, read_manifest
 from sharding.mask import MaskSpec
 from sharding.media import Timeline
@@ -66,6 +67,8 @@ class BuildOptions:
     max_scan_seconds: float = Timeline.max_scan_seconds
     """A scan longer than this fails (checked while decoding)."""
     overwrite: bool = False
+    dicom_fps: float | None = None
+    """Frame rate of DICOM cine loops whose file states none; None: such a scan fails."""
 
     def validate(self) -> None:
         """Raise BuildError naming the first invalid option."""
@@ -107,6 +110,10 @@ class BuildOptions:
             MaskSpec.parse(self.mask)
         except ValueError as exc:
             raise BuildError(str(exc)) from None
+        low, high = DICOM_FPS_RANGE
+        fps = self.dicom_fps
+        if fps is not None and not (math.isfinite(fps) and low <= fps <= high):
+            raise BuildError(f"--dicom-fps must be a frame rate in [{low:g}, {high:g}] frames/s, got {fps}")
 
     def clip_options(self) -> ClipOptions:
         """The options a scan task needs."""
@@ -120,6 +127,7 @@ class BuildOptions:
             classes=self.vocabulary.classes,
             mask=MaskSpec.parse(self.mask),
             limits=Timeline(self.max_gap_seconds, self.max_scan_seconds),
+            dicom_fps=self.dicom_fps,
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sharding.dicom import is_dicom, read_dicom
 from sharding.manifest import ScanRow
 from sharding.mask import MaskError, MaskSpec, apply_mask
 from sharding.media import MediaError, Timeline, encode_mp4, read_audio, read_video
@@ -40,6 +41,8 @@ class ClipOptions:
     """What of each frame is kept (sharding.mask); the rest is black before encoding."""
     limits: Timeline = Timeline()
     """The plausibility limits of a scan's timeline."""
+    dicom_fps: float | None = None
+    """Frame rate of DICOM cine loops that state none (--dicom-fps); None: such a loop fails."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,11 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     row = task.row
     if not row.video.is_file():
         raise ScanFailure("video", "file does not exist or is not a regular file")
-    track = _column("video", read_video, row.video, opts.fps, opts.size, opts.limits)
+    dicom = is_dicom(row.video)  # by content: a DICOM's name need not end in .dcm
+    if dicom:
+        track = _column("video", read_dicom, row.video, opts.fps, opts.size, opts.dicom_fps, opts.limits)
+    else:
+        track = _column("video", read_video, row.video, opts.fps, opts.size, opts.limits)
     try:
         frames_THW, kept_share = apply_mask(track.frames_THW, opts.mask, track.source_wh)
     except MaskError as exc:
@@ -240,8 +247,10 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
         raise ScanFailure("audio", "file does not exist or is not a regular file")
     audio_column = "audio" if row.audio else "video"
     # An unreadable stream is damage and fails the scan; no stream at all (and an empty audio
-    # cell) is a scan without narration, whose clips train the recipes that read no audio.
-    audio = _column(audio_column, read_audio, row.audio or row.video, schema.AUDIO_RATE)
+    # cell) is a scan without narration, whose clips train the recipes that read no audio. A
+    # DICOM cine has no sound track: its narration can only be a separate file.
+    no_track = dicom and row.audio is None
+    audio = None if no_track else _column(audio_column, read_audio, row.audio or row.video, schema.AUDIO_RATE)
     if audio is None and row.audio is not None:
         raise ScanFailure("audio", "the audio file has no audio stream")
     if audio is not None and len(audio) == 0:

@@ -145,7 +145,7 @@ def test_slurm_sharding_script_passes_a_private_salt_file():
     text = (CLUSTER / "shard.sbatch").read_text()
     assert text.startswith("#!/bin/bash") and "#SBATCH --nodes=1" in text
     assert '--salt-file "$SALT_FILE"' in text and "python -m sharding build" in text
-    assert 'stat -c %a "$SALT_FILE"' in text and '!= 400' in text  # refuses a salt others can read
+    assert 'stat -c %a "$SALT_FILE"' in text and "!= 400" in text  # refuses a salt others can read
     assert "USVS_SHARD_SALT" not in text and "export" not in text
 
 
