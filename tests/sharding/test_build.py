@@ -8,7 +8,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import av
 import decord
 import numpy as np
 import torch
@@ -19,7 +18,6 @@ from sharding.build import BuildOptions, build
 from sharding.phantom import burned_in_text, make_spec, render_narration, render_video, synthesize
 from sharding.writer import sha256_file
 from tests.conftest import PHANTOM
-from tests.sharding.scankit import retag
 from usvs_dist.data import schema
 
 RAW_FPS, RAW_SIZE, RAW_RATE = 15.0, 128, 22050
@@ -138,55 +136,6 @@ def test_clip_frames_are_the_scan_frames_at_their_times(phantom_shards, phantom_
                 if 0 <= s < len(small)
             }
             assert max(scores, key=scores.get) == src
-
-
-def test_no_identifier_path_or_container_tag_reaches_shards_or_index(tmp_path, salt_file):
-    raw = tmp_path / "raw_MARKERPATH"
-    manifest = synthesize(raw, scans=3, seconds=4.0, seed=0, log=lambda *_: None)
-    rows = list(csv.DictReader(manifest.open()))
-    tags = {
-        "title": "MARKERTAG title",
-        "comment": "MARKERTAG comment",
-        "artist": "MARKERTAG",
-        "handler_name": "MARKERTAG",
-    }
-    marked = raw / "MARKERDIR"
-    marked.mkdir()
-    for r in rows:
-        video = Path(r["video"])
-        retag(raw / video, marked / f"MARKERFILE_{video.name}", tags)
-        for column in ("labels", "gaze"):
-            (marked / f"MARKERFILE_{r[column]}").write_bytes((raw / r[column]).read_bytes())
-    (marked / "MARKERFILE_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"MARKERTAG" * 50)
-    with manifest.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for i, r in enumerate(rows):
-            w.writerow(
-                {
-                    **{c: f"MARKERDIR/MARKERFILE_{r[c]}" for c in ("video", "labels", "gaze")},
-                    "audio": "",
-                    "scan_id": f"MARKERSCAN{i}",
-                    "patient_id": f"MARKERPATIENT{i}",
-                }
-            )
-        w.writerow(
-            {
-                "scan_id": "MARKERSCANX",
-                "patient_id": "MARKERPATIENTX",
-                "video": "MARKERDIR/MARKERFILE_broken.mp4",
-            }
-        )
-    with av.open(str(marked / f"MARKERFILE_{Path(rows[0]['video']).name}")) as c:
-        assert c.metadata["title"] == "MARKERTAG title"  # the tags are there to be dropped
-    out = tmp_path / "shards"
-    index = build(manifest, out, salt_file, BuildOptions(), log=lambda *_: None)
-    assert index["totals"]["scans"] == 3 and index["totals"]["failed_scans"] == 1
-    markers = (b"MARKER", b"scan_0000", b"Lavf", salt_file.read_bytes())
-    for path in out.iterdir():
-        data = path.read_bytes()
-        for marker in markers:
-            assert marker not in data, f"{marker!r} found in {path.name}"
 
 
 def test_same_input_same_shards(tmp_path, phantom_raw, salt_file):
