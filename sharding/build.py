@@ -12,6 +12,7 @@ workers cut them. A journal of finished shards lets an interrupted build resume 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -150,7 +151,10 @@ def _plan(rows: list[ScanRow], salt: bytes, opts: BuildOptions) -> tuple[list[Sc
         scan_hash = hash_id(salt, "scan", row.scan_id)
         patient_hash = hash_id(salt, "patient", row.patient_id)
         split = assign_split(patient_hash, opts.split_fractions)
-        task = ScanTask(position, row, scan_hash, patient_hash, split)
+        # Workers (processes, Ray tasks and their object store) get the row without its ids.
+        task = ScanTask(
+            position, dataclasses.replace(row, scan_id="", patient_id=""), scan_hash, patient_hash, split
+        )
         if row.scan_id in first_line:
             reason = f"duplicate scan_id (first on manifest line {first_line[row.scan_id]})"
             failed[position] = failed_record(task, "scan_id", reason)

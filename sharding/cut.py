@@ -163,7 +163,7 @@ def read_labels(path: Path, n_frames: int, classes: tuple[str, ...] = schema.PLA
     out = np.empty(n_frames, np.int64)
     for k, row in enumerate(rows):
         frame = row[0].strip()
-        if not frame.isdigit() or int(frame) != k:
+        if not (frame.isascii() and frame.isdigit()) or int(frame) != k:
             raise MediaError(f"labels file row {k + 2}: column frame is not {k}")
         if len(row) < 2:
             raise MediaError(f"labels file row {k + 2}: column {header[1]} is missing")
@@ -173,7 +173,7 @@ def read_labels(path: Path, n_frames: int, classes: tuple[str, ...] = schema.PLA
 
 def _class_index(cell: str, classes: tuple[str, ...], row: int) -> int:
     name = cell.strip()
-    idx = classes.index(name) if name in classes else (int(name) if name.isdigit() else -1)
+    idx = classes.index(name) if name in classes else (int(name) if name.isascii() and name.isdigit() else -1)
     if not 0 <= idx < len(classes):
         raise MediaError(
             f"labels file row {row}: the class is not in the vocabulary "
@@ -201,8 +201,10 @@ def read_gaze(path: Path, n_frames: int) -> np.ndarray:
 def _column(column: str, fn, *args):
     try:
         return fn(*args)
-    except (MediaError, ValueError, OSError) as exc:
+    except MediaError as exc:  # our messages: a reason class, counts, never a file's contents
         raise ScanFailure(column, str(exc)) from exc
+    except (ValueError, OSError) as exc:  # a library's: it may quote a path, a cell or bytes
+        raise ScanFailure(column, f"cannot read the file ({type(exc).__name__})") from exc
 
 
 def cut_scan(task: ScanTask, opts: ClipOptions) -> ScanResult:

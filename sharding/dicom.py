@@ -245,22 +245,27 @@ def read_dicom(
     video path, and memory stays at one source frame plus the grid); only the frames the grid
     shows are scaled. A single frame (a still image) is refused rather than stretched into a clip.
     """
+    limits = limits or Timeline()
     header = read_header(path)
-    n_frames = frame_count(header)
+    with quiet():  # converting elements can warn, quoting their values
+        n_frames = frame_count(header)
     if n_frames < 2:
         raise MediaError("single-frame DICOM (a still image, not a cine loop)")
-    times_N, source_fps = frame_times(header, n_frames, fallback_fps)
-    limits = limits or Timeline()
+    # A damaged header must not size the frame-time arrays: more frames than the longest scan
+    # at the highest rate holds is not a cine loop.
+    if n_frames > limits.max_scan_seconds * limits.max_fps:
+        raise MediaError(
+            f"NumberOfFrames is {n_frames}, more than --max-scan-seconds at {limits.max_fps:g} fps"
+        )
+    with quiet():
+        times_N, source_fps = frame_times(header, n_frames, fallback_fps)
     # The video path's timeline limits, before the grid (and its memory) is laid out.
     steps = np.diff(times_N)
-    if len(steps) and steps.max() > limits.max_gap_seconds:
+    if len(steps):
         k = int(steps.argmax())
-        raise MediaError(
-            f"frame times jump by {steps[k]:.1f} s after frame {k} "
-            f"(more than --max-gap-seconds {limits.max_gap_seconds:g})"
-        )
-    if times_N[-1] > limits.max_scan_seconds:
-        raise MediaError(f"the cine loop runs past --max-scan-seconds {limits.max_scan_seconds:g}")
+        limits.check_step(float(steps[k]), k)
+    limits.check_end(float(times_N[-1]))
+    limits.check_rate(source_fps)
     sources_T = nearest_on_grid(times_N, times_N[-1] + 1.0 / source_fps, fps)
     shown = np.unique(sources_T)
     squares: list[np.ndarray] = []

@@ -45,7 +45,10 @@ def read_manifest(path: Path) -> list[ScanRow]:
                 f"manifest {path} lacks column(s) {', '.join(missing)} (expected header: {','.join(COLUMNS)})"
             )
         rows: list[ScanRow] = []
-        for n, raw in enumerate(reader, start=2):
+        for raw in reader:
+            # The file line the record ends on: blank lines are skipped and a quoted cell can
+            # span lines, so counting records would name the wrong line.
+            n = reader.line_num
             rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
             for col in REQUIRED:
                 if not rec[col]:

@@ -92,13 +92,36 @@ class Timeline:
     max_scan_seconds: float = 4 * 3600.0
     """Longest scan (--max-scan-seconds); checked while decoding, before memory is spent."""
     min_fps: float = 1.0
+    """Lowest source frame rate, measured from the timestamps (a broken time base is lower)."""
     max_fps: float = 240.0
-    """Range of the source frame rate measured from the timestamps."""
+    """Highest source frame rate, measured from the timestamps."""
 
     @staticmethod
     def tolerance(seconds: float) -> float:
         """How far two durations of one scan may differ: max(1 s, 5 %)."""
         return max(1.0, 0.05 * seconds)
+
+    def check_step(self, seconds: float, after_frame: int | None) -> None:
+        """A step between two frames (or from the start to the first, `after_frame` None)."""
+        if seconds > self.max_gap_seconds:
+            where = f"after frame {after_frame}" if after_frame is not None else "before the first frame"
+            raise MediaError(
+                f"frame timestamps jump by {seconds:.1f} s {where} "
+                f"(more than --max-gap-seconds {self.max_gap_seconds:g})"
+            )
+
+    def check_end(self, seconds: float) -> None:
+        """A frame's time against the longest scan."""
+        if seconds > self.max_scan_seconds:
+            raise MediaError(f"the video runs past --max-scan-seconds {self.max_scan_seconds:g}")
+
+    def check_rate(self, fps: float) -> None:
+        """The source frame rate against the plausible range."""
+        if not self.min_fps <= fps <= self.max_fps:
+            raise MediaError(
+                f"the frame rate from the timestamps is {fps:.3g} fps, outside "
+                f"{self.min_fps:g}-{self.max_fps:g} fps (a broken time base?)"
+            )
 
 
 @dataclass
@@ -159,13 +182,9 @@ def read_video(path: Path, fps: float, size: int, limits: Timeline = Timeline())
                 t = (
                     frame.time if frame.time is not None else n_src / float(stream.average_rate or 30)
                 ) - start
-                if prev is not None and t - prev_t > limits.max_gap_seconds:
-                    raise MediaError(
-                        f"frame timestamps jump by {t - prev_t:.1f} s after frame {prev_i} "
-                        f"(more than --max-gap-seconds {limits.max_gap_seconds:g})"
-                    )
-                if t > limits.max_scan_seconds:
-                    raise MediaError(f"the video runs past --max-scan-seconds {limits.max_scan_seconds:g}")
+                # Raised while decoding: a 10^7 s gap must not be filled with frames first.
+                limits.check_step(t - prev_t if prev is not None else t, prev_i if prev is not None else None)
+                limits.check_end(t)
                 gray = grey_square(frame, size)
                 source_wh = (frame.width, frame.height)
                 if prev is not None:
@@ -185,11 +204,7 @@ def read_video(path: Path, fps: float, size: int, limits: Timeline = Timeline())
             raise MediaError("video stream has no decodable frames (zero duration)")
         count = n_src + 1
         source_fps = (count - 1) / period_sum if period_sum > 0 else float(stream.average_rate or fps)
-        if not limits.min_fps <= source_fps <= limits.max_fps:
-            raise MediaError(
-                f"the frame rate from the timestamps is {source_fps:.3g} fps, outside "
-                f"{limits.min_fps:g}-{limits.max_fps:g} fps (a broken time base?)"
-            )
+        limits.check_rate(source_fps)
         end = prev_t + 1.0 / source_fps
         declared = _declared_seconds(container, stream)
         if declared is not None and abs(end - declared) > Timeline.tolerance(declared):

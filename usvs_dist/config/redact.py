@@ -26,7 +26,8 @@ ENV_ATTR = "_env_sources"
 """RootConfig attribute (not a field: it is no setting) holding {flat key: unresolved value}."""
 
 _SCHEME = r"\b[A-Za-z][A-Za-z0-9+.-]*://"
-_USERINFO = re.compile(rf"({_SCHEME})[^/?#@\s'\"]+@")
+# Greedy up to the authority's last '@': a password may hold an unencoded '@'.
+_USERINFO = re.compile(rf"({_SCHEME})[^/?#\s'\"]+@")
 _QUERY = re.compile(rf"({_SCHEME}[^?#\s'\"]*)\?[^#\s'\"]*")
 _ENV_RESOLVER = "${oc.env:"
 _PIPE_DIGEST = re.compile(r"pipe:[0-9a-f]{12}")

@@ -27,6 +27,7 @@ import torch
 import torch.utils.dlpack
 import torchaudio
 
+from usvs_dist.config import redact
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
 from usvs_dist.data.augment import draw_crop, draw_intensity, finish_batch, whole_frame
@@ -276,6 +277,7 @@ class ClipDecoder:
     def count_bad(self, reason: str, key: str, url: str) -> None:
         """Log and count one skipped sample; stop the run above data.max_bad_fraction."""
         self.bad += 1
+        url = redact(url)  # logs travel: no token of a pipe: command or a presigned URL
         log.warning(
             "skipped sample %s from %s: %s (%d of %d skipped in this worker)",
             key,

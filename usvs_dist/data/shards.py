@@ -18,6 +18,7 @@ import braceexpand
 import fsspec
 import webdataset as wds
 
+from usvs_dist.config import redact
 from usvs_dist.data import schema
 
 _TAR_NAME = re.compile(r"[^\s/'\"]+\.tar")
@@ -48,9 +49,9 @@ def load_index(location: str | Path) -> dict:
             text = f.read()
     except FileNotFoundError as exc:
         raise FileNotFoundError(
-            f"{url} does not exist (expected a folder written by `sharding build`)"
+            f"{redact(url)} does not exist (expected a folder written by `sharding build`)"
         ) from exc
-    return schema.parse_index(text, url)
+    return schema.parse_index(text, redact(url))
 
 
 def index_sha256(location: str | Path) -> str:
@@ -71,14 +72,16 @@ def expand_urls(patterns: list[str]) -> list[str]:
             if not url.startswith("pipe:") and not is_remote(url) and glob.has_magic(url):
                 matches = sorted(glob.glob(url.removeprefix("file://")))
                 if not matches:
-                    raise FileNotFoundError(f"data.shard_urls: {url!r} matches no file")
+                    raise FileNotFoundError(f"data.shard_urls: {redact(url)!r} matches no file")
                 urls.extend(matches)
             else:
                 urls.append(url)
     seen: set[str] = set()
     for url in urls:
         if url in seen:
-            raise ValueError(f"data.shard_urls: {url!r} is listed twice (an epoch would read it twice)")
+            raise ValueError(
+                f"data.shard_urls: {redact(url)!r} is listed twice (an epoch would read it twice)"
+            )
         seen.add(url)
     return urls
 
@@ -87,7 +90,7 @@ def shard_name(url: str) -> str:
     """The shard's file name in index.json: the last `*.tar` token of a URL or pipe command."""
     names = _TAR_NAME.findall(url)
     if not names:
-        raise ValueError(f"data.shard_urls: cannot tell which shard {url!r} is (no '*.tar' in it)")
+        raise ValueError(f"data.shard_urls: cannot tell which shard {redact(url)!r} is (no '*.tar' in it)")
     return names[-1]
 
 
@@ -125,7 +128,10 @@ def split_shards(
             name = shard_name(url)
             entry = entries.get(name)
             if entry is None:
-                raise ValueError(f"data.shard_urls: shard {name} ({url}) is not in the index at {location}")
+                raise ValueError(
+                    f"data.shard_urls: shard {name} ({redact(url)}) is not in the index at "
+                    f"{redact(str(location))}"
+                )
             if entry["split"] != split:
                 raise ValueError(
                     f"data.shard_urls: shard {name} is in split {entry['split']!r}, not data.split={split!r}"
@@ -134,7 +140,7 @@ def split_shards(
                 shards.append(Shard(url, name, clips(entry)))
     if not shards:
         which = "clips with narration" if narrated_only else "clips"
-        raise ValueError(f"{location}: no shard of split {split!r} holds {which}")
+        raise ValueError(f"{redact(str(location))}: no shard of split {split!r} holds {which}")
     return shards
 
 

@@ -76,13 +76,13 @@ def anatomy_labels(
     without one is matched on its classes (BatchViews warns once). The background class, when
     the vocabulary names one, is no anatomy unless cfg.background_positive.
     """
-    background = vocabulary.background_index
     if cfg.granularity == "coarse" and vocabulary.coarse_of:
         table = torch.tensor(vocabulary.coarse_of, device=plane_B.device)
         out = torch.where(plane_B >= 0, table[plane_B.clamp(min=0)], -1)
-        background = None if background is None else vocabulary.coarse_of[background]
     else:
         out = plane_B.clone()
+    background = vocabulary.background_index
     if not cfg.background_positive and background is not None:
-        out = torch.where(out == background, -1, out)
+        # On the class itself: its coarse group may hold other classes, which stay anatomies.
+        out = torch.where(plane_B == background, -1, out)
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from usvs_dist.config import redact
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
 from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors, has_narration
@@ -96,9 +97,11 @@ def load_clips(
                 break
     if not decoded:
         which = "clip with narration" if audio else "clip"
-        raise ValueError(f"{location}: no decodable {which} in splits {splits}")
+        raise ValueError(f"{redact(str(location))}: no decodable {which} in splits {splits}")
     if decoder.bad:
-        log.warning("%d clips of %s could not be decoded and are left out", decoder.bad, location)
+        log.warning(
+            "%d clips of %s could not be decoded and are left out", decoder.bad, redact(str(location))
+        )
     batch = BatchFinisher(cfg)(default_collate(decoded))
     return ClipSet(
         video=batch["video"],

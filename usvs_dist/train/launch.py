@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 from usvs_dist.config import RootConfig, flatten, redact, redacted, to_dict, to_yaml
 from usvs_dist.data import schema
 from usvs_dist.data.pipeline import EpochLoader
-from usvs_dist.data.shards import index_sha256, is_remote, load_index
+from usvs_dist.data.shards import index_sha256, is_remote, load_index, split_shards
 from usvs_dist.dist.engine import deepspeed_config
 from usvs_dist.eval.encoders import ENCODERS_FILE
 from usvs_dist.losses import Requirements, check_objective
@@ -65,7 +65,8 @@ def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: s
     total = index.get("totals", {}).get("clips", 0)
     if labelled == 0:
         raise ValueError(
-            f"objective.recipe={recipe} needs plane labels, but the shards in {shards} have none "
+            f"objective.recipe={recipe} needs plane labels, but the shards in {redact(str(shards))} "
+            "have none "
             "(index.json labels.clips_with_labels = 0); shard scans with a labels file"
         )
     if labelled < total:
@@ -74,17 +75,26 @@ def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: s
         )
 
 
-def check_narration(needs: Requirements, index: dict, split: str, shards: str | Path, recipe: str) -> int:
-    """Clips of `split` a recipe reading the narration leaves out (those without); raises when it
-    would keep none. Video-only recipes use every clip (0 left out)."""
+def check_narration(
+    needs: Requirements,
+    index: dict,
+    split: str,
+    shards: str | Path,
+    recipe: str,
+    names: set[str] | None = None,
+) -> int:
+    """Clips of `split` (of the shards `names`, when data.shard_urls lists some) that a recipe
+    reading the narration leaves out (those without); raises when it would keep none.
+    Video-only recipes use every clip (0 left out)."""
     if not reads_narration(needs):
         return 0
-    entries = [s for s in index["shards"] if s["split"] == split]
+    entries = [s for s in index["shards"] if s["split"] == split and (names is None or s["name"] in names)]
     clips = sum(s["clips"] for s in entries)
     narrated = sum(schema.narrated_clips(s) for s in entries)
     if clips and narrated == 0:
         raise ValueError(
-            f"objective.recipe={recipe} reads the narration, but data.split={split} of {shards} has "
+            f"objective.recipe={recipe} reads the narration, but data.split={split} of "
+            f"{redact(str(shards))} has "
             f"0 clips with narration and {clips} without (scans sharded without audio); train a recipe "
             "that reads no audio (isbi2020, awcl2022, or custom terms without audio) or shard scans "
             "with narration"
@@ -142,7 +152,12 @@ def check_data(cfg: RootConfig, log_fn=print) -> CheckedData:
         shards = str(ensure_phantom_shards(cfg.phantom, log=log_fn).resolve())
     index = load_index(shards)
     check_labels(needs, index, shards, cfg.objective.recipe)
-    left_out = check_narration(needs, index, cfg.data.split, shards, cfg.objective.recipe)
+    listed = (
+        {s.name for s in split_shards(shards, index, cfg.data.split, list(cfg.data.shard_urls))}
+        if cfg.data.shard_urls
+        else None
+    )
+    left_out = check_narration(needs, index, cfg.data.split, shards, cfg.objective.recipe, listed)
     if left_out:
         log_fn(
             f"data: {left_out} clips of split {cfg.data.split} have no narration and are left out "
