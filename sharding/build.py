@@ -355,7 +355,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def _index(opts: BuildOptions, shards: list[dict], records: list[dict]) -> dict:
-    """index.json from the finished shards and every scan's record (DESIGN.md, shard format)."""
+    """index.json from the finished shards and every scan's record (docs/architecture.md, shard format)."""
     shards = [{k: v for k, v in s.items() if k != "through"} for s in shards]
     ok = [r for r in records if "error" not in r]
     cut_ratios = [x for r in ok for x in r["cut_ratios"]]

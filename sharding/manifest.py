@@ -1,4 +1,11 @@
-"""Reading and checking the raw-scan manifest (../shared/DESIGN.md, "Raw scan manifest")."""
+"""Reading and checking the raw-scan manifest: a CSV with the header in COLUMNS, one row a scan.
+
+`video` is any file FFmpeg reads or a DICOM cine loop; `audio` is empty when the narration is a
+stream of the video (or there is none), else a separate file; `labels` (optional) is a CSV
+`frame,plane` (or `frame,label`), or `label` with one row for the whole scan; `gaze` (optional)
+a CSV `frame,x,y` in [0, 1]. Paths are relative to the manifest. README.md, "Sharding your own
+scans", is the user's guide to it.
+"""
 
 from __future__ import annotations
 

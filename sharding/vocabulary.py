@@ -2,7 +2,7 @@
 
 Two forms. A text file lists one class per line (blank lines and `#` comments are skipped). A
 YAML file (`.yaml`/`.yml`) gives `classes`, and optionally `coarse` (coarse class -> its fine
-classes; every class in exactly one group, as seed 003 groups planes into anatomies) and
+classes; every class in exactly one group, as awcl2022 groups planes into anatomies) and
 `background` (the class that is no anatomy, e.g. the search between planes):
 
     classes: [covid, pneumonia, regular, viral]

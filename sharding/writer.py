@@ -32,7 +32,7 @@ def sha256_file(path: Path) -> str:
 
 
 def shard_name(split: str, index: int) -> str:
-    """File name of a split's index-th shard (DESIGN.md: `{split}-{index:06d}.tar`)."""
+    """File name of a split's index-th shard (docs/architecture.md: `{split}-{index:06d}.tar`)."""
     return f"{split}-{index:06d}.tar"
 
 

@@ -1,5 +1,5 @@
-"""Checks every loss passes (STYLE.md principle 6): a few SGD steps lower it, and two gloo ranks
-equal one process on the concatenated batch.
+"""Checks every loss passes besides its own reference test: a few SGD steps lower it, and two
+gloo ranks equal one process on the concatenated batch (docs/methods.md, "Gathered negatives").
 
 In the gloo check each rank holds B rows of every input; the first input goes through a shared
 linear layer so parameter gradients are compared too (averaged over ranks, as DeepSpeed does).

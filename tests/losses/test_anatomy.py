@@ -1,4 +1,4 @@
-"""Seed 003's anatomy-aware loss: soft-target reference, limits, closed form, SGD, gathered ranks."""
+"""awcl2022's anatomy-aware loss: soft-target reference, limits, closed form, SGD, gathered ranks."""
 
 from __future__ import annotations
 

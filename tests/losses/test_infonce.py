@@ -16,7 +16,7 @@ TAU = 0.1
 
 
 def naive_info_nce(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = True) -> torch.Tensor:
-    """L_c from METHODS.md written as loops over k and j."""
+    """L_c of docs/methods.md written as loops over k and j."""
 
     def one_way(a, b):
         total = 0.0

@@ -1,4 +1,4 @@
-"""Seed 001's pretext tasks: the views (sub-clip orders, rotations) and their classification loss."""
+"""isbi2020's pretext tasks: the views (sub-clip orders, rotations) and their classification loss."""
 
 from __future__ import annotations
 

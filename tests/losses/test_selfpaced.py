@@ -1,4 +1,4 @@
-"""Seed 000's affinity-aware self-paced negatives: schedule, admission, loss, gathered ranks."""
+"""usvs2020's affinity-aware self-paced negatives: schedule, admission, loss, gathered ranks."""
 
 from __future__ import annotations
 

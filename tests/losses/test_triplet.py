@@ -13,7 +13,7 @@ MARGIN = 0.2
 
 
 def naive_triplet(v: torch.Tensor, a: torch.Tensor, margin: float) -> float:
-    """L_t of METHODS.md as loops: both hinges of the hardest j != k, mean over k."""
+    """L_t of docs/methods.md as loops: both hinges of the hardest j != k, mean over k."""
     n = v.shape[0]
     s = [[F.cosine_similarity(v[k], a[j], dim=0).item() for j in range(n)] for k in range(n)]
     total = 0.0

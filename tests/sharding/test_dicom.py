@@ -44,6 +44,7 @@ QUIET = dict(log=lambda *_: None)
 # Whole frames: the loops are flat grey levels checked to 2.5 levels, and a masked rim would make
 # the encoder round them differently (masking has its own tests, test_mask.py).
 OPTS = BuildOptions(clip_seconds=1.0, fps=FPS, size=SIZE, split_fractions=(1.0, 0.0, 0.0), mask="none")
+# A real vendor export among the test recordings in ../shared/data, outside the repo by design.
 VENDOR = Path(__file__).resolve().parents[3] / "shared" / "data" / "vendors" / "sonoque_anechoic-3mm-3mm.dcm"
 
 

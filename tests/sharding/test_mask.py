@@ -19,7 +19,7 @@ from sharding.phantom import burned_in_text, make_spec, synthesize
 from tests.sharding.scankit import build_args, moving_frames, write_manifest, write_video
 from usvs_dist.data import schema
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # real recordings, outside the repo by design
 
 
 def _decoded_frames(folder: Path) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """The sharder and loader on real recordings from ../shared/data (many devices and codecs).
 
-Those files are not part of the repository; CI clones main with ../shared beside it.
+Those files are test data kept outside the repository by design (their licences are their own):
+CI clones main with ../shared beside it, and without it this module is skipped.
 """
 
 from __future__ import annotations

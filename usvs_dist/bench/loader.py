@@ -4,10 +4,10 @@
   sampling, batching, then each clip's crop, flip and intensity jitter, float conversion and
   log-mel, all in the DataLoader workers) with 1 and 2 workers, timed from its first batch to
   its last.
-- loader, finishing in the consumer: the GPU configuration, where the workers only read, decode
-  and pick frames and the training process finishes the batch on its GPU (here on the CUDA device
-  when there is one; on a machine without, on the CPU in the main process: then it measures
-  what the workers sustain, the consumer using another core).
+- loader, finishing in the consumer: the GPU configuration (usvs_dist.data.pipeline, stage 5),
+  with the batch finished in this process (on the CUDA device when there is one; on a machine
+  without, on the CPU: then it measures what the workers sustain, the consumer using another
+  core).
 - raw Decord (the ceiling): the same clips' bytes already in memory, decoded in one process
   with the same frame indices and the same audio read, nothing else.
 - naive: one mp4 file per clip in a directory, opened with PyAV, every frame decoded and

@@ -68,7 +68,7 @@ class PhantomConfig:
 
 @dataclass(kw_only=True)
 class AugmentConfig:
-    """Clip augmentation in the training loader; also makes seed 003's two views of a frame."""
+    """Clip augmentation in the training loader; also makes awcl2022's two views of a frame."""
 
     enabled: bool = True
     """Augment training clips in the loader (validation and evaluation never are)."""
@@ -197,7 +197,7 @@ class ModelConfig:
     embed_dim: int = 64
     """Shared latent size D (512 at paper size)."""
     head_hidden: int = 128
-    """Hidden units of the pretext-task MLP heads (seed 001)."""
+    """Hidden units of the pretext-task MLP heads (isbi2020)."""
     video_weights: str = ""
     """Optional local file of video-encoder weights (a state dict or a usvs_dist encoders.pt)."""
     audio_weights: str = ""
@@ -213,7 +213,7 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class SelfPacedConfig:
-    """Seed 000's affinity-aware self-paced negatives (the schedule Tune sweeps)."""
+    """usvs2020's affinity-aware self-paced negatives (the schedule Tune sweeps; docs/methods.md)."""
 
     lambda0: float = 0.5
     """Share lambda(0) of each anchor's negatives admitted at the start, lowest affinity first."""
@@ -222,7 +222,7 @@ class SelfPacedConfig:
     schedule: str = "linear"
     """How lambda grows from lambda0 to 1: linear, cosine or step."""
     ramp_fraction: float = 0.5
-    """Share of train.steps over which lambda reaches 1 (METHODS.md: the first half)."""
+    """Share of train.steps over which lambda reaches 1 (project default: the first half)."""
     stages: int = 4
     """Equal stairs of the step schedule."""
     affinity: str = "mean"
@@ -254,7 +254,7 @@ class SelfPacedConfig:
 
 @dataclass(kw_only=True)
 class PretextConfig:
-    """Seed 001's pretext tasks: sub-clip order and geometric transformation prediction."""
+    """isbi2020's pretext tasks: sub-clip order and geometric transformation prediction."""
 
     subclips: int = 3
     """Sub-clips K a clip is cut into for order prediction (each gets num_frames // K frames)."""
@@ -281,7 +281,7 @@ class PretextConfig:
 
 @dataclass(kw_only=True)
 class AnatomyConfig:
-    """Seed 003's anatomy-aware positives (needs plane labels in the shards)."""
+    """awcl2022's anatomy-aware positives (needs plane labels in the shards)."""
 
     granularity: str = "fine"
     """fine: same standard plane; coarse: same anatomy (heart, brain, spine, ...)."""
@@ -312,16 +312,16 @@ class TermConfig:
 
 @dataclass(kw_only=True)
 class ObjectiveConfig:
-    """The training objective: a recipe of ../shared/METHODS.md and its hyperparameters."""
+    """The training objective: a recipe of docs/methods.md and its hyperparameters."""
 
     recipe: str = "usvs2020"
-    """usvs2020 (seed 000), dual2024 (seed 002), isbi2020 (seed 001), awcl2022 (seed 003) or custom."""
+    """usvs2020, dual2024, isbi2020, awcl2022 (docs/methods.md: their papers) or custom."""
     temperature: float = 0.1
-    """InfoNCE temperature tau (seed 002: 0.1)."""
+    """InfoNCE temperature tau (dual2024's paper: 0.1)."""
     symmetric: bool = True
     """Symmetrise InfoNCE: 1/2 [L_c(x, y) + L_c(y, x)]."""
     pi: float = 0.5
-    """Seed 002's balance of L_c(v, a) against L_c(v, va) in L_a (and of L_c(v, i), L_c(v, vi) in L_i)."""
+    """dual2024's balance of L_c(v, a) against L_c(v, va) in L_a (and of L_c(v, i), L_c(v, vi) in L_i)."""
     margin: float = 0.2
     """Margin alpha of the hardest-negative triplet ranking loss (VSE++)."""
     weights: dict[str, float] = field(default_factory=dict)
@@ -497,7 +497,7 @@ class EvalConfig:
     saliency_epochs: int = 30
     """Epochs of the saliency decoder per fold (encoder frozen)."""
     saliency_sigma: float = 1 / 16
-    """Gaussian blur of fixations as a fraction of the map width (METHODS.md: 1/16)."""
+    """Gaussian blur of fixations as a fraction of the map width (project default 1/16)."""
     batch_size: int = 16
     """Clips per forward pass in evaluation."""
     seed: int = 0

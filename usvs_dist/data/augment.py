@@ -6,10 +6,8 @@ of a curvilinear probe, without the letterbox and the dark margins), so crops ne
 empty background. Shapes: B clips, T frames, H x W pixels.
 
 The loader splits the work: each clip's crop and flip are drawn where it is decoded (they need
-only its sector box), and applied with the intensity jitter to the whole batch where the batch is
-consumed (`finish_batch`): in the DataLoader workers when training on CPU, on the GPU otherwise,
-so the workers there only decode and uint8 frames at their stored size cross the process
-boundary.
+only its sector box), and applied with the intensity jitter to the whole batch by `finish_batch`
+in the loader's last stage (where that runs, and why: `usvs_dist.data.pipeline`, stage 5).
 """
 
 from __future__ import annotations

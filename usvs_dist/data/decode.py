@@ -1,15 +1,14 @@
 """Decode one WebDataset sample (clip mp4 + json) with Decord into training tensors.
 
 Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
-Output per sample: frames_NHW uint8 at the stored size (the T clip frames, then the image
-frame), crop_5 (the clip's crop and flip draw), intensity_2 (its contrast and brightness draw),
-wave_N (the narration, when the recipe reads it), labels_T (-1 when the shard has none), gaze_T2
-(NaN when none), meta.
-torch's `default_collate` stacks them (uint8 frames cross to the training process at a quarter of
-the bytes of floats); `BatchFinisher`, run where the batch is consumed (in the workers when
-training on CPU, on the training GPU otherwise), crops, flips and resizes each clip and makes
-video_BCTHW and image_BCHW floats in [0, 1] with its intensity jitter, and audio_B1MF log-mel in
-one batched operation. So on a GPU the workers only read, decode and pick frames.
+`ClipDecoder` output per sample: `frames` [T + 1, H, W] uint8 at the stored size (the T clip
+frames, then the image frame), `crop` [5] (the clip's crop and flip draw), `intensity` [2] (its
+contrast and brightness draw), `wave` [N] (the narration; only when the recipe reads it),
+`labels` [T] and `image_label` (-1 when the shard has none), `gaze` [T, 2] and `image_gaze` [2]
+(NaN when none), `scan`, `t0`, `__key__`, `__url__`.
+torch's `default_collate` stacks them; `BatchFinisher` then crops, flips and resizes each clip
+and makes video_BCTHW and image_BCHW floats in [0, 1] with its intensity jitter, and audio_B1MF
+log-mel, in one batched operation. Where it runs, and why: `usvs_dist.data.pipeline`, stage 5.
 """
 
 from __future__ import annotations
@@ -160,9 +159,9 @@ def read_wave(data: bytes, sample_rate: int) -> np.ndarray:
 
 
 class BatchFinisher:
-    """The loader's last stage, run where batches are consumed (the training device): each clip's
-    crop, flip and intensity jitter on its uint8 frames -> float video and image, narration ->
-    log-mel."""
+    """The loader's last stage (stage 5 of `usvs_dist.data.pipeline`, which says where it runs):
+    each clip's crop, flip and intensity jitter on its uint8 frames -> float video and image,
+    narration -> log-mel."""
 
     def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
         self.channels, self.size, self.clip_frames = cfg.channels, cfg.frame_size, cfg.num_frames
@@ -229,7 +228,8 @@ def resolve_decode_context(setting: str, use_gpu: bool, local_rank: int) -> Deco
 
 
 class ClipDecoder:
-    """Picklable sample -> tensors map; per-worker RNG and mel transform are made on first use."""
+    """Picklable sample -> tensors map; the worker id and Decord's context are resolved on first
+    use, inside the loader worker (random draws come from `sample_rng`, one per sample)."""
 
     def __init__(
         self,

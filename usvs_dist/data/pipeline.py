@@ -1,4 +1,4 @@
-"""The training loader: one commented list of stages per stream (STYLE.md principle 7).
+"""The training loader: one commented list of stages per stream, read top to bottom.
 
 Every rank runs `data.loader_workers` streams (one per DataLoader worker, or one in-process);
 the epoch plan (data/epoch.py) fixes what each reads, so every rank yields the same number of
@@ -81,9 +81,11 @@ class RankEpoch(IterableDataset):
         #    barrier need every rank in step).
         batches = _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
         # 5. Each clip's crop, flip and intensity jitter, uint8 -> float, narration -> log-mel, per
-        #    batch: here when training on CPU (the workers share that work), else in the training
-        #    process on its GPU (EpochLoader.epoch), so the workers only read and decode and uint8
-        #    frames at their stored size cross the boundary.
+        #    batch (BatchFinisher). Training on CPU: here, so the workers share that work (finishing
+        #    in the training process instead takes a core from them; docs/measurements.md). On a
+        #    GPU: in the training process on the GPU (EpochLoader.epoch), so the workers only read,
+        #    decode and pick frames, and uint8 frames at their stored size cross the worker
+        #    boundary and the host-to-GPU copy at a quarter of the bytes of floats.
         return map(BatchFinisher(self.cfg), batches) if self.finish_in_worker else batches
 
 

@@ -1,7 +1,7 @@
 """The shard-format contract (version 1) shared by `sharding` (writer) and the loader (reader).
 
-Import-light on purpose (standard library only): ../shared/DESIGN.md "Shard format" is the
-prose form of what is fixed here.
+Import-light on purpose (standard library only): docs/architecture.md, "Shard format v1, as
+written", is the prose form of what is fixed here.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ PLANES = (
     "spine_sag",
     "background",
 )
-"""The 14 standard-plane classes (13 planes + background) of ../shared/METHODS.md, in label order."""
+"""The 14 standard-plane classes (13 planes + background; docs/methods.md), in label order."""
 BACKGROUND = PLANES.index("background")
 ANATOMIES = ("heart", "abdomen", "femur", "brain", "kidneys", "face", "spine", "background")
-"""Coarse anatomy classes (seed 003's coarse granularity), in label order."""
+"""Coarse anatomy classes (awcl2022's coarse granularity), in label order."""
 PLANE_ANATOMY = (0, 0, 1, 2, 3, 4, 0, 5, 5, 0, 3, 6, 6, 7)
 """ANATOMIES index of each PLANES entry: 3vt, 4ch, lvot and rvot are heart; lips and profile face."""
 
@@ -63,7 +63,7 @@ PLANE_ANATOMY = (0, 0, 1, 2, 3, 4, 0, 5, 5, 0, 3, 6, 6, 7)
 class Vocabulary:
     """A data set's label classes (index.json `labels`), with an optional coarse grouping.
 
-    `coarse_of[k]` is the coarse class of fine class k (seed 003's planes -> anatomies);
+    `coarse_of[k]` is the coarse class of fine class k (awcl2022's planes -> anatomies);
     `background` names the class that is no anatomy (the search between planes), if any.
     """
 
@@ -99,7 +99,7 @@ class Vocabulary:
 
 
 FETAL_PLANES = Vocabulary(PLANES, ANATOMIES, PLANE_ANATOMY, "background")
-"""The default vocabulary: seed 003's 14 standard-plane classes grouped into anatomies."""
+"""The default vocabulary: the 14 fetal standard-plane classes grouped into anatomies."""
 
 
 def label_vocabulary(index: dict) -> Vocabulary:

@@ -1,5 +1,6 @@
 """Views a recipe trains on, made from a batch on the training device: sub-clip orders and
-rotations (seed 001), two augmented views of a frame and anatomy labels (seed 003).
+rotations (isbi2020), two augmented views of a frame and anatomy labels (awcl2022); see
+docs/methods.md.
 
 Random draws use torch's global generator, which each rank seeds differently and saves in
 its checkpoint. Shapes: B batch, C channels, T frames, H x W pixels, K sub-clips, P orders.

@@ -1,5 +1,6 @@
-"""The only code that touches process groups: collectives, the DeepSpeed engine, Ray adapters.
+"""The only code that touches process groups: collectives and the DeepSpeed engine.
 
-Import `usvs_dist.dist.collectives` from losses; `engine` (DeepSpeed) and `ray_context` (Ray) are
-imported only by train/.
+`collectives` (gathers and rank/world queries that degrade to one process) is what losses
+import; `engine` (DeepSpeed, imported inside its functions) is used by train/ and bench/step.py.
+Ray's context, report and checkpoint calls are not here: they live in train/.
 """

@@ -37,7 +37,7 @@ def gather_with_grad(x_BD: torch.Tensor) -> torch.Tensor:
 
     The backward sums every rank's gradient for this rank's rows, so with the usual gradient
     averaging over ranks the result equals one process holding the global batch; no extra
-    world-size factor is needed (../shared/STACK_NOTES.md, "Gathered negatives").
+    world-size factor is needed (docs/methods.md, "Gathered negatives").
     """
     if not is_distributed():
         return x_BD

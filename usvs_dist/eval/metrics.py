@@ -1,8 +1,8 @@
 """Downstream metrics: macro precision/recall/F1 and confusion matrix (standard-plane detection),
-the saliency metrics of Bylinskii et al. (TPAMI 2018), and cross-modal recall@k.
+the saliency metrics of Bylinskii et al. (IEEE TPAMI 2019), and cross-modal recall@k.
 
-Saliency notation (METHODS.md): P the predicted map, Q the ground truth, eps = 2.2e-16; maps are
-[H, W] (or batches [B, H, W], averaged over B).
+Saliency notation (docs/methods.md, "Gaze saliency"): P the predicted map, Q the ground truth,
+eps = 2.2e-16; maps are [H, W] (or batches [B, H, W], averaged over B).
 """
 
 from __future__ import annotations

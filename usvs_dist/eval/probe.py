@@ -1,4 +1,4 @@
-"""Standard-plane detection (METHODS.md): a linear probe on frozen features and full fine-tuning,
+"""Standard-plane detection (docs/methods.md): a linear probe on frozen features and full fine-tuning,
 k-fold cross-validation by scan, macro precision/recall/F1 (mean and std over folds).
 """
 

@@ -1,4 +1,4 @@
-"""Gaze saliency (METHODS.md): a decoder on a frozen encoder predicts where the sonographer
+"""Gaze saliency (docs/methods.md): a decoder on a frozen encoder predicts where the sonographer
 looked; ground truth = fixations blurred by a Gaussian of eval.saliency_sigma x width; KLD, SIM,
 NSS, CC (Bylinskii et al.) over scan folds. Shapes: N clips, S x S map, F features.
 """

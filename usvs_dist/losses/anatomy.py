@@ -1,4 +1,5 @@
-"""Seed 003's anatomy-aware contrastive loss (AWCL, Fu et al., 2022), over gathered negatives.
+"""awcl2022's anatomy-aware contrastive loss (AWCL, Fu et al., ECCV 2022 Workshops), over gathered
+negatives; the loss form is reconstructed from the paper's abstract (docs/methods.md, "awcl2022").
 
 Two augmented views of each frame. Anchor k (view 1) scores every gathered view-2 sample j by
 cosine / tau. Its target distribution puts 1 - r on its own other view and r, spread evenly, on

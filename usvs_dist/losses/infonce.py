@@ -1,9 +1,9 @@
-"""Cross-modal InfoNCE with negatives gathered from every rank (METHODS.md, seed 002 eq. L_c).
+"""Cross-modal InfoNCE with negatives gathered from every rank (docs/methods.md, "InfoNCE").
 
 L_c(x, y) = -(1/N) sum_k log( exp(s(x_k, y_k)/tau) / sum_j exp(s(x_k, y_j)/tau) ), s = cosine.
 Shapes: B local batch, N = W*B global batch, D embedding. Each rank computes its B rows against
-the N gathered columns (the local-loss trick): logits are B x N, never N x N, and the gradient,
-averaged over ranks, equals that of one process holding the global batch.
+the N gathered columns (the local-loss trick): logits are B x N, never N x N. Why the gradient
+equals one process's on the global batch: `collectives.gather_with_grad`.
 """
 
 from __future__ import annotations

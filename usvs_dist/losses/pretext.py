@@ -1,4 +1,5 @@
-"""Seed 001's pretext objectives (Jiao et al., ISBI 2020): classify a sub-clip order or a rotation.
+"""isbi2020's pretext objectives (Jiao et al., ISBI 2020; docs/methods.md): classify a sub-clip
+order or a rotation.
 
 The heads produce logits; these are per-sample cross-entropies, so the global-batch loss is the
 mean of the ranks' losses with no gathering.

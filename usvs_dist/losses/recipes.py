@@ -1,4 +1,4 @@
-"""Loss terms by name and the recipes of ../shared/METHODS.md that weigh them into parts.
+"""Loss terms by name and the recipes of docs/methods.md that weigh them into parts.
 
 A term reads model outputs (and targets the step derives from the batch) and returns its value
 and extra metrics. A recipe is a list of named parts, each a weighted sum of terms; part `g` is
@@ -36,7 +36,7 @@ class Term:
     targets: frozenset[str] = frozenset()
     """Targets the training step derives from the batch: order_target, rotation_target, anatomy_label."""
     paper: str = ""
-    """Where it comes from in METHODS.md."""
+    """Where it comes from: the paper's symbol and the recipe (docs/methods.md cites the papers)."""
 
 
 def _nce(x: str, y: str) -> TermFn:
@@ -76,18 +76,18 @@ def _f(*names: str) -> frozenset[str]:
 
 
 TERMS: dict[str, Term] = {
-    "va_nce": Term(_nce("video", "audio"), _f("video", "audio"), paper="L_c(v, a), seeds 000/002"),
-    "vi_nce": Term(_nce("video", "image"), _f("video", "image"), paper="L_c(v, i), seed 002"),
-    "v_va_nce": Term(_nce("video", "va"), _f("video", "va"), paper="L_c(v, va), seed 002"),
-    "v_vi_nce": Term(_nce("video", "vi"), _f("video", "vi"), paper="L_c(v, vi), seed 002"),
-    "va_triplet": Term(_triplet("video", "audio"), _f("video", "audio"), paper="L_t(v, a), seed 002"),
-    "vi_triplet": Term(_triplet("video", "image"), _f("video", "image"), paper="L_t(v, i), seed 002"),
-    "va_selfpaced_nce": Term(_self_paced, _f("video", "audio"), paper="seed 000"),
-    "order_ce": Term(_classify("order"), _f("order_logits"), _f("order_target"), paper="seed 001"),
+    "va_nce": Term(_nce("video", "audio"), _f("video", "audio"), paper="L_c(v, a), usvs2020, dual2024"),
+    "vi_nce": Term(_nce("video", "image"), _f("video", "image"), paper="L_c(v, i), dual2024"),
+    "v_va_nce": Term(_nce("video", "va"), _f("video", "va"), paper="L_c(v, va), dual2024"),
+    "v_vi_nce": Term(_nce("video", "vi"), _f("video", "vi"), paper="L_c(v, vi), dual2024"),
+    "va_triplet": Term(_triplet("video", "audio"), _f("video", "audio"), paper="L_t(v, a), dual2024"),
+    "vi_triplet": Term(_triplet("video", "image"), _f("video", "image"), paper="L_t(v, i), dual2024"),
+    "va_selfpaced_nce": Term(_self_paced, _f("video", "audio"), paper="usvs2020"),
+    "order_ce": Term(_classify("order"), _f("order_logits"), _f("order_target"), paper="isbi2020"),
     "rotation_ce": Term(
-        _classify("rotation"), _f("rotation_logits"), _f("rotation_target"), paper="seed 001"
+        _classify("rotation"), _f("rotation_logits"), _f("rotation_target"), paper="isbi2020"
     ),
-    "anatomy_nce": Term(_anatomy, _f("image_view1", "image_view2"), _f("anatomy_label"), paper="seed 003"),
+    "anatomy_nce": Term(_anatomy, _f("image_view1", "image_view2"), _f("anatomy_label"), paper="awcl2022"),
 }
 
 Part = tuple[str, tuple[tuple[str, float], ...]]
@@ -179,7 +179,7 @@ def objective_parts(values: Tensors, cfg: ObjectiveConfig, progress: float) -> T
     Args:
         values: model outputs and targets by name.
         cfg: the objective section.
-        progress: step / train.steps, for schedules (seed 000's self-paced lambda).
+        progress: step / train.steps, for schedules (usvs2020's self-paced lambda).
     """
     parts: Tensors = {}
     for name, terms in RECIPES[cfg.recipe](cfg):

@@ -1,4 +1,5 @@
-"""Seed 000's affinity-aware self-paced negatives (Jiao et al., MICCAI 2020; METHODS.md).
+"""usvs2020's affinity-aware self-paced negatives (Jiao et al., MICCAI 2020), as reconstructed
+from the paper's abstract in docs/methods.md ("usvs2020"); the defaults are the project's.
 
 Affinity A_kj: cosine similarity of samples k and j's detached embeddings (by default the mean
 of the video-video and audio-audio cosines). At training progress p, anchor k admits only the

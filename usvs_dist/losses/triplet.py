@@ -1,4 +1,5 @@
-"""Hardest-negative triplet ranking loss of VSE++ (Faghri et al., 2018), seed 002's MMSL term.
+"""Hardest-negative triplet ranking loss of VSE++ (Faghri et al., BMVC 2018), dual2024's MMSL term
+(Gridach et al., ISBI 2024; docs/methods.md).
 
 L_t(v, a) = mean_k [ max_{j!=k} (alpha - s(v_k, a_k) + s(v_k, a_j))_+
                    + max_{j!=k} (alpha - s(v_k, a_k) + s(v_j, a_k))_+ ],  s = cosine.

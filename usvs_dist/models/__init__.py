@@ -1,7 +1,7 @@
 """Plain nn.Modules (encoders, heads) and the name -> builder registries; no parallelism here.
 
 The pretraining model is assembled from what a recipe's loss terms read (`outputs`): e.g.
-{"video", "audio"} builds two encoders with projection heads, "va" adds seed 002's fusion,
+{"video", "audio"} builds two encoders with projection heads, "va" adds dual2024's fusion,
 "order_logits" the order-prediction head. Shapes: B batch, K sub-clips, F features, D latent.
 """
 

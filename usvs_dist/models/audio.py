@@ -1,4 +1,4 @@
-"""Audio encoders on log-mel: CNN14 (PANNs, Kong et al. 2020; seed 002's "1D-CNN14"), a tiny
+"""Audio encoders on log-mel: CNN14 (PANNs, Kong et al. 2020; dual2024's "1D-CNN14"), a tiny
 CNN14 of the same layout, and a tiny 2D CNN for CPU.
 
 Every encoder maps audio_B1MF (M mel bins, F frames) -> feat_BF' and states F' as `out_features`.

@@ -1,4 +1,4 @@
-"""Heads on encoder features: projection to the shared latent, seed 002's fusion, pretext MLPs."""
+"""Heads on encoder features: projection to the shared latent, dual2024's fusion, pretext MLPs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """Linear map to the shared latent followed by BatchNorm (METHODS.md: mu(x) = BN(theta f + b))."""
+    """Linear map to the shared latent followed by BatchNorm (dual2024's mu(x) = BN(theta f + b))."""
 
     def __init__(self, in_features: int, embed_dim: int):
         super().__init__()
@@ -20,7 +20,7 @@ class ProjectionHead(nn.Module):
 
 
 class Fusion(nn.Module):
-    """Seed 002's V_theta(x, y) = W [x ; y] + b: concatenated features to the shared latent."""
+    """dual2024's V_theta(x, y) = W [x ; y] + b: concatenated features to the shared latent."""
 
     def __init__(self, x_features: int, y_features: int, embed_dim: int):
         super().__init__()
@@ -32,7 +32,7 @@ class Fusion(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """Small MLP classifier of a pretext task (seed 001): Linear-BN-ReLU-Linear."""
+    """Small MLP classifier of a pretext task (isbi2020): Linear-BN-ReLU-Linear."""
 
     def __init__(self, in_features: int, hidden: int, classes: int):
         super().__init__()

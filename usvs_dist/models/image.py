@@ -1,4 +1,4 @@
-"""Image encoders: ResNet-18 (torchvision; seed 002) and a tiny ResNet of the same blocks for CPU.
+"""Image encoders: ResNet-18 (torchvision; dual2024's) and a tiny ResNet of the same blocks for CPU.
 
 Every encoder maps image_BCHW -> feat_BF and states its F as `out_features`.
 """

@@ -1,4 +1,4 @@
-"""Video encoders: R(2+1)D-18 (torchvision; seed 002), a tiny R(2+1)D and a tiny 3D CNN for CPU.
+"""Video encoders: R(2+1)D-18 (torchvision; dual2024's), a tiny R(2+1)D and a tiny 3D CNN for CPU.
 
 Every encoder maps video_BCTHW -> feat_BF and states its F as `out_features`.
 """
