@@ -127,6 +127,11 @@ def _clip_arguments(b: argparse.ArgumentParser) -> None:
         help="a scan longer than this fails (checked while decoding, before memory is spent)",
     )
     b.add_argument(
+        "--no-narration",
+        action="store_true",
+        help="store no narration at all (every scan video-only): for narration that may hold spoken names",
+    )
+    b.add_argument(
         "--mask",
         default="auto",
         help="pixel de-identification, everything else blanked before encoding: auto (the imaging "
@@ -154,6 +159,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         split_fractions=args.split,
         shard_clips=args.shard_clips,
         mask=args.mask,
+        narration=not getattr(args, "no_narration", False),
         max_gap_seconds=args.max_gap_seconds,
         max_scan_seconds=args.max_scan_seconds,
         overwrite=getattr(args, "overwrite", False),

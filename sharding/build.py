@@ -67,6 +67,8 @@ class BuildOptions:
     """A jump between two frames' timestamps larger than this fails the scan."""
     max_scan_seconds: float = Timeline.max_scan_seconds
     """A scan longer than this fails (checked while decoding)."""
+    narration: bool = True
+    """False (--no-narration): no narration is read or stored, e.g. when it may hold spoken names."""
     overwrite: bool = False
     dicom_fps: float | None = None
     """Frame rate of DICOM cine loops whose file states none; None: such a scan fails."""
@@ -128,6 +130,7 @@ class BuildOptions:
             classes=self.vocabulary.classes,
             mask=MaskSpec.parse(self.mask),
             limits=Timeline(self.max_gap_seconds, self.max_scan_seconds),
+            narration=self.narration,
             dicom_fps=self.dicom_fps,
         )
 

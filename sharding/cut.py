@@ -41,6 +41,8 @@ class ClipOptions:
     """What of each frame is kept (sharding.mask); the rest is black before encoding."""
     limits: Timeline = Timeline()
     """The plausibility limits of a scan's timeline."""
+    narration: bool = True
+    """False (--no-narration): no scan's audio is read or stored; every scan is video-only."""
     dicom_fps: float | None = None
     """Frame rate of DICOM cine loops that state none (--dicom-fps); None: such a loop fails."""
 
@@ -251,7 +253,7 @@ def _cut(task: ScanTask, opts: ClipOptions, record: dict) -> list[Clip]:
     # An unreadable stream is damage and fails the scan; no stream at all (and an empty audio
     # cell) is a scan without narration, whose clips train the recipes that read no audio. A
     # DICOM cine has no sound track: its narration can only be a separate file.
-    no_track = dicom and row.audio is None
+    no_track = (dicom and row.audio is None) or not opts.narration
     audio = None if no_track else _column(audio_column, read_audio, row.audio or row.video, schema.AUDIO_RATE)
     if audio is None and row.audio is not None:
         raise ScanFailure("audio", "the audio file has no audio stream")

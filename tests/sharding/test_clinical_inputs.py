@@ -173,3 +173,24 @@ def test_the_default_vocabulary_is_the_fetal_planes_with_anatomies(phantom_shard
     old = {**index, "labels": {"vocabulary": list(schema.PLANES), "clips_with_labels": 3}}
     assert schema.label_vocabulary(old) == schema.FETAL_PLANES
     assert np.array_equal(schema.FETAL_PLANES.coarse_of, schema.PLANE_ANATOMY)
+
+
+def test_no_narration_stores_no_audio_even_from_a_video_with_a_sound_track(tmp_path, salt_file):
+    n = round(SECONDS * FPS)
+    write_video(
+        tmp_path / "talking.mp4",
+        moving_frames(n, 48, 64),
+        FPS,
+        audio_N=tone(SECONDS, 16000),
+        audio_rate=16000,
+    )
+    manifest = write_manifest(
+        tmp_path / "m.csv", [{"scan_id": "a", "patient_id": "p", "video": "talking.mp4"}]
+    )
+    flags = "--fps 8 --size 32 --clip-seconds 1 --split 1,0,0 --no-progress"
+    for extra, narrated in (("", 4), ("--no-narration", 0)):
+        out = tmp_path / f"out{extra}"
+        assert shard_main(build_args(manifest, out, salt_file, f"{flags} {extra}")) == 0
+        assert schema.read_index(out)["totals"]["clips_with_narration"] == narrated
+        streams = [_audio_streams(mp4) for _, mp4 in _samples(out)]
+        assert streams == [1 if narrated else 0] * 4
