@@ -23,7 +23,7 @@ from sharding import dicom
 from sharding.build import BuildOptions, Execution, build
 from sharding.manifest import read_manifest
 from sharding.media import MediaError, encode_mp4, grey_square
-from usvs_dist.data import schema
+from usvs_format import schema
 
 BENCH_SALT = b"sharding-bench-throwaway-salt"
 

@@ -31,8 +31,7 @@ from sharding.mask import MaskSpec
 from sharding.media import Timeline
 from sharding.runners import describe, make_runner
 from sharding.writer import JOURNAL_NAME, Journal, Resumed, SplitShards, verify_journal, write_atomic
-from usvs_dist import __version__
-from usvs_dist.data import schema
+from usvs_format import __version__, schema
 
 SPEECH_HIST_EDGES = [round(x, 1) for x in np.linspace(0.0, 1.0, 11)]
 
@@ -95,7 +94,7 @@ class BuildOptions:
         if self.size < 16 or self.size % 2:
             raise BuildError(f"--size must be an even integer >= 16, got {self.size}")
         if (
-            len(self.split_fractions) != 3
+            len(self.split_fractions) != len(schema.SPLITS)
             or any(f < 0 for f in self.split_fractions)
             or not math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6)
         ):

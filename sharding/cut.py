@@ -19,7 +19,7 @@ from sharding.dicom import is_dicom, read_dicom
 from sharding.manifest import ScanRow
 from sharding.mask import MaskError, MaskSpec, apply_mask
 from sharding.media import MediaError, Timeline, encode_mp4, read_audio, read_video
-from usvs_dist.data import schema
+from usvs_format import schema
 
 VAD_FRAME_SECONDS = 0.02
 VAD_THRESHOLD_DBFS = -40.0

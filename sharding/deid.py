@@ -7,7 +7,7 @@ import hmac
 import os
 from pathlib import Path
 
-from usvs_dist.data import schema
+from usvs_format import schema
 
 SALT_ENV = "USVS_SHARD_SALT"
 MIN_SALT_BYTES = 16

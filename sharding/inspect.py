@@ -10,7 +10,7 @@ from pathlib import Path
 import decord
 
 from sharding.writer import sha256_file
-from usvs_dist.data import schema
+from usvs_format import schema
 
 MAX_ERRORS_SHOWN = 20
 

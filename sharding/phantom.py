@@ -1,6 +1,6 @@
 """The phantom data set: deterministic B-mode-like fetal 'scans' with narration, labels and gaze.
 
-Each scan is a plan of segments over the 14 classes of usvs_dist.data.schema.PLANES. A plane
+Each scan is a plan of segments over the 14 classes of usvs_format.PLANES. A plane
 segment shows that class's anatomy (ellipses, rings and bright lines at class-specific places and
 echogenicities, fixed across seeds so a class looks the same in every scan) inside an ultrasound
 sector with multiplicative speckle, depth attenuation and probe jitter; background segments show
@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from sharding.media import encode_mp4
-from usvs_dist.data.schema import BACKGROUND, PLANES
+from usvs_format import BACKGROUND, PLANES
 
 N_PLANES = len(PLANES) - 1
 SECTOR_HALF_ANGLE = np.deg2rad(36.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from usvs_dist.data.schema import Vocabulary
+from usvs_format import Vocabulary
 
 OPTION = "--labels-vocabulary"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import webdataset as wds
 
 from sharding.cut import Clip
-from usvs_dist.data import schema
+from usvs_format import schema
 
 JOURNAL_NAME = ".build-journal.jsonl"
 
@@ -29,11 +29,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def shard_name(split: str, index: int) -> str:
-    """File name of a split's index-th shard (docs/architecture.md: `{split}-{index:06d}.tar`)."""
-    return f"{split}-{index:06d}.tar"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -109,7 +104,7 @@ class SplitShards:
     def write(self, clip: Clip, seconds: float, position: int, written: int) -> None:
         """Add a clip; `written` clips of the scan at manifest `position` are then in shards."""
         if self._tar is None:
-            self._tmp = self.out / f".{shard_name(self.split, self.next_index)}.tmp"
+            self._tmp = self.out / f".{schema.shard_name(self.split, self.next_index)}.tmp"
             # mtime fixed so the same input gives the same bytes (and checksums) on every rerun.
             self._tar = wds.TarWriter(str(self._tmp), mtime=0.0)
         self._tar.write(
@@ -149,7 +144,7 @@ class SplitShards:
         self._tar = None
         with self._tmp.open("rb") as f:
             os.fsync(f.fileno())
-        final = self.out / shard_name(self.split, self.next_index)
+        final = self.out / schema.shard_name(self.split, self.next_index)
         os.replace(self._tmp, final)
         entry = {
             "name": final.name,
@@ -198,7 +193,7 @@ def verify_journal(out: Path, entries: list[dict]) -> Resumed:
         kept[split] = []
         for k, shard in enumerate(shards):
             path = out / shard["name"]
-            if shard["name"] != shard_name(split, k) or not path.is_file():
+            if shard["name"] != schema.shard_name(split, k) or not path.is_file():
                 break
             if sha256_file(path) != shard["sha256"]:
                 break

@@ -1,7 +1,9 @@
 """usvs_dist: distributed self-supervised pretraining on ultrasound video and narration.
 
-Import-light on purpose: `sharding` imports `usvs_dist.data.schema` and must stay torch-free,
-so nothing heavy is imported here.
+Import-light on purpose: nothing heavy is imported here. The version is the tools' one, kept in
+the shard-format contract (`usvs_format`), which `sharding` shares.
 """
 
-__version__ = "0.1.0"
+from usvs_format import __version__
+
+__all__ = ["__version__"]

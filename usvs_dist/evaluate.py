@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     location = args.shards or enc.cfg.data.shards
     if not location:
-        from usvs_dist.train.phantom_cache import ensure_phantom_shards  # the run trained on the phantom
+        from usvs_dist.phantom import ensure_phantom_shards  # the run trained on the phantom
 
         location = str(ensure_phantom_shards(enc.cfg.phantom, log=print))
     try:

@@ -130,7 +130,7 @@ def run(
     """Print the table; return (vs_raw, vs_naive, frames_ratio) at one loader worker."""
     cfg = load_config(None, overrides)
     if location is None:
-        from usvs_dist.train.phantom_cache import ensure_phantom_shards
+        from usvs_dist.phantom import ensure_phantom_shards
 
         location = str(ensure_phantom_shards(cfg.phantom, log=print_fn))
     data = cfg.data

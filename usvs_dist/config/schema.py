@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from usvs_format import SPLITS
+
 DECODE_DEVICES = ("auto", "cpu", "gpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -140,7 +142,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _check(self.split in ("train", "val", "test"), "data.split", self.split, "one of train, val, test")
+        _check(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
         _check(
             self.batch_size >= 2,
             "data.batch_size",
@@ -474,7 +476,7 @@ class EvalConfig:
     """Evaluate retrieval and a linear probe on a fixed subset every this many steps; 0: never."""
     subset: int = 64
     """Clips of the periodic evaluation (fixed: the first ones of the splits, in shard order)."""
-    plane_splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    plane_splits: list[str] = field(default_factory=lambda: list(SPLITS))
     """Splits whose labelled clips form the cross-validation set of plane detection and saliency."""
     retrieval_split: str = "val"
     """Split of the cross-modal retrieval metric."""
@@ -508,16 +510,16 @@ class EvalConfig:
         _check(self.subset >= 4, "eval.subset", self.subset, ">= 4")
         for split in self.plane_splits:
             _check(
-                split in ("train", "val", "test"),
+                split in SPLITS,
                 "eval.plane_splits",
                 self.plane_splits,
-                "splits of train, val, test",
+                f"splits of {', '.join(SPLITS)}",
             )
         _check(
-            self.retrieval_split in ("train", "val", "test"),
+            self.retrieval_split in SPLITS,
             "eval.retrieval_split",
             self.retrieval_split,
-            "train, val or test",
+            f"one of {', '.join(SPLITS)}",
         )
         _check(self.max_clips >= 4, "eval.max_clips", self.max_clips, ">= 4")
         _check(self.folds >= 2, "eval.folds", self.folds, ">= 2")

@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        from usvs_dist.train.launch import check_data
+        from usvs_dist.phantom import resolve_shards
+        from usvs_dist.train.launch import check_config, check_data
 
-        data = check_data(cfg)
+        check_config(cfg)  # names and recipe are refused before the phantom is built
+        data = check_data(cfg, resolve_shards(cfg))
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

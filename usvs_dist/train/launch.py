@@ -1,4 +1,4 @@
-"""The driver: validate, make sure shards exist, open the MLflow run, fit a TorchTrainer."""
+"""The driver: validate, check the shards the entry resolved, open the MLflow run, fit a TorchTrainer."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from usvs_dist.losses import Requirements, check_objective
 from usvs_dist.models import check_names, modalities_for
 from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
 from usvs_dist.train.loop import train_loop_per_worker
-from usvs_dist.train.phantom_cache import ensure_phantom_shards
 from usvs_dist.train.resume import latest_complete_checkpoint
 from usvs_dist.train.step import reads_narration
 
@@ -141,15 +140,21 @@ class CheckedData:
     """Clips of the split without narration, which a recipe reading it leaves out."""
 
 
-def check_data(cfg: RootConfig, log_fn=print) -> CheckedData:
-    """Find (or build, for the phantom) the shards and check them and the epoch plan against the
-    recipe: labels when it reads them, narration when it reads it. Raises ValueError or
-    FileNotFoundError naming the key and what was found, before any worker starts."""
+def check_data(cfg: RootConfig, shards: str | Path, log_fn=print) -> CheckedData:
+    """Check the run's shards and the epoch plan against the recipe: labels when it reads them,
+    narration when it reads it. Raises ValueError or FileNotFoundError naming the key and what
+    was found, before any worker starts.
+
+    `shards` is `data.shards`, or the phantom shards an entry resolved an empty one to
+    (`usvs_dist.phantom.resolve_shards`): the driver itself never builds shards.
+    """
     needs = check_config(cfg)
-    if cfg.data.shards:
-        shards = cfg.data.shards if is_remote(cfg.data.shards) else str(Path(cfg.data.shards).resolve())
-    else:
-        shards = str(ensure_phantom_shards(cfg.phantom, log=log_fn).resolve())
+    if not shards:
+        raise ValueError(
+            "config key data.shards is empty: give a shard folder or URL "
+            "(the entries, e.g. `python -m usvs_dist.train`, build the phantom shards for an empty one)"
+        )
+    shards = str(shards) if is_remote(str(shards)) else str(Path(shards).resolve())
     index = load_index(shards)
     check_labels(needs, index, shards, cfg.objective.recipe)
     listed = (
@@ -186,10 +191,11 @@ def run(
 
     `callbacks` go to Ray Train's RunConfig (a Tune trial passes TuneReportCallback); `tags` are
     added to the MLflow run (a sweep's trials carry mlflow.parentRunId); `data` is check_data's
-    result when the caller checked the shards already.
+    result when the caller checked the shards already, else `data.shards` is checked (it must be
+    set: the entries resolve an empty one to the phantom).
     """
     _warn_about_job_working_dir(cfg)
-    data = data or check_data(cfg, log_fn)
+    data = data or check_data(cfg, cfg.data.shards, log_fn)
     shards, left_out = data.shards, data.left_out
 
     run_name = cfg.train.run_name or f"usvs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

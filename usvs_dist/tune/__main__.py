@@ -27,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from usvs_dist.phantom import resolve_shards
     from usvs_dist.tune.sweep import run_sweep
 
+    # Built once here, not concurrently in every trial.
+    sweep.base.data.shards = resolve_shards(sweep.base)
     result = run_sweep(sweep, args.storage, resume=args.resume)
     print(f"MLflow parent run id: {result['parent_run_id']}")
     return 0 if not result["errors"] else 1

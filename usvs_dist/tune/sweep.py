@@ -21,7 +21,6 @@ from ray.tune.schedulers import ASHAScheduler
 from usvs_dist.config import env_sources, from_dict, redact, redacted, to_dict, to_yaml
 from usvs_dist.tracking import MlflowTracker, finish_run, mark_stopped_trials, open_run, resolve_uri
 from usvs_dist.train.launch import run as train_run
-from usvs_dist.train.phantom_cache import ensure_phantom_shards
 from usvs_dist.tune.space import Sweep, tune_space, with_params
 
 log = logging.getLogger(__name__)
@@ -55,11 +54,17 @@ def _search_alg(sweep: Sweep):
 
 
 def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=print) -> dict:
-    """Run (or with `resume`, continue) the sweep; returns the best trial's params and metric."""
+    """Run (or with `resume`, continue) the sweep; returns the best trial's params and metric.
+
+    The base's `data.shards` must be set: `python -m usvs_dist.tune` resolves an empty one to the
+    phantom shards (`usvs_dist.phantom.resolve_shards`) before calling this.
+    """
     base = sweep.base
     if not base.data.shards:
-        # Build the phantom cache once here, not concurrently in every trial.
-        base.data.shards = str(ensure_phantom_shards(base.phantom, log=print_fn).resolve())
+        raise ValueError(
+            "config key data.shards of the sweep's base is empty: resolve it first "
+            "(usvs_dist.phantom.resolve_shards builds the phantom shards)"
+        )
     base.train.storage_path = str(Path(base.train.storage_path).expanduser().resolve())
     uri = resolve_uri(base.tracking.uri)
     base.tracking.uri = uri  # trials run in other working directories

@@ -1,4 +1,9 @@
-"""The phantom shards of the quickstart, built once into a cache keyed by their settings."""
+"""The phantom shards of the quickstart, built once into a cache keyed by their settings.
+
+An entry-layer module, like evaluate.py: the one place in usvs_dist that calls `sharding`. The
+entries (`python -m usvs_dist.train`, `.tune`, `.evaluate`, `.bench loader`) resolve an empty
+`data.shards` to these shards and hand the folder down; nothing below them builds shards.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from pathlib import Path
 from sharding.build import BuildOptions, build
 from sharding.phantom import synthesize
 from usvs_dist import __version__
-from usvs_dist.config.schema import PhantomConfig
+from usvs_dist.config.schema import PhantomConfig, RootConfig
 from usvs_dist.data import schema
 
 # The phantom holds no real identifiers; a fixed salt keeps its shards reproducible.
@@ -62,3 +67,8 @@ def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
     except OSError:
         shutil.rmtree(work, ignore_errors=True)  # another process published first
     return shards
+
+
+def resolve_shards(cfg: RootConfig, log=print) -> str:
+    """`data.shards` as configured, or when it is empty the phantom shards (built on first use)."""
+    return cfg.data.shards or str(ensure_phantom_shards(cfg.phantom, log=log).resolve())
