@@ -79,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     b.add_argument(
+        "--in-process",
+        action="store_true",
+        help="with --workers 1, cut scans in this process (a debugger sees them; a crashing decoder "
+        "then ends the build) instead of in one worker process",
+    )
+    b.add_argument(
         "--log-paths",
         action="store_true",
         help="name the source file of each skipped scan on stderr (default: manifest line and column only)",
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 ray_address=ray_address(args.ray_address),
                 progress=not args.no_progress,
                 log_paths=args.log_paths,
+                isolate=not args.in_process,
             )
             index = build(args.manifest, args.out, args.salt_file, _options(args), execution=execution)
             totals = index["totals"]

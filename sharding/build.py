@@ -143,6 +143,9 @@ class Execution:
     progress: bool = False
     log_paths: bool = False
     """Name the source file of a skipped scan on stderr (else only its manifest line and column)."""
+    isolate: bool = False
+    """With one worker, cut scans in a worker process anyway, so a crash costs only its scan
+    (the CLI's default; in this process is for tests and debuggers)."""
 
 
 def _plan(rows: list[ScanRow], salt: bytes, opts: BuildOptions) -> tuple[list[ScanTask], dict[int, dict]]:
@@ -288,8 +291,10 @@ def build(
         s: SplitShards(out, s, opts.shard_clips, journal, next_index=len(resumed.shards.get(s, [])))
         for s in schema.SPLITS
     }
-    runner = make_runner(execution.workers, execution.ray_address, on_crash=_crashed)
-    where = describe(execution.workers, execution.ray_address)
+    runner = make_runner(
+        execution.workers, execution.ray_address, on_crash=_crashed, isolate=execution.isolate
+    )
+    where = describe(execution.workers, execution.ray_address, execution.isolate)
     log(f"build: {len(todo)} of {len(tasks)} scans to cut in {where}")
     sizes = [_size(t.row.video) for t in todo]
     bar = tqdm(

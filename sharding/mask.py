@@ -12,7 +12,7 @@ into the image around the imaging sector. `--mask` decides what of each frame is
   the sector, filled to
   its convex hull (fans and rectangles are convex, and a dark, still cyst inside the sector must
   be kept) and shrunk by one pixel (a pixel on the edge mixes sector and margin when frames are
-  scaled). Everything else is set to black. A scan with no live region covering 2 % of the frame
+  scaled). Everything else is set to black. A scan with no live region covering 5 % of the frame
   (a still image, a frozen loop) is a failed scan: `auto` never keeps a frame unmasked.
 - `box:x0,y0,x1,y1` keeps one rectangle, in pixels of the source frame (x1, y1 exclusive), for
   a scanner whose layout is known; the rest is black.
@@ -37,8 +37,9 @@ AUTO, NONE, BOX = "auto", "none", "box"
 SAMPLE_FRAMES = 120
 LIVE_GREY_LEVELS = 1.0
 """A pixel whose standard deviation over time exceeds this (of 255) is part of a changing image."""
-MIN_SECTOR_SHARE = 0.02
-"""A live region smaller than this share of the frame is not taken for a sector."""
+MIN_SECTOR_SHARE = 0.05
+"""A live region smaller than this share of the frame is not taken for a sector: on a frozen loop
+the only changing thing may be a clock or a frame counter, which must not be kept as the image."""
 
 
 class MaskError(ValueError):

@@ -264,26 +264,29 @@ def ray_address(cli_address: str | None) -> str | None:
     return cli_address or os.environ.get(RAY_ADDRESS_ENV) or None
 
 
-def describe(workers: int, address: str | None) -> str:
-    """Where make_runner(workers, address) cuts scans, for the build's log."""
+def describe(workers: int, address: str | None, isolate: bool = False) -> str:
+    """Where make_runner(workers, address, isolate=...) cuts scans, for the build's log."""
     if address:
         cap = f", at most {2 * workers} in flight" if workers > 1 else ""
         return f"Ray tasks on the cluster at {address}{cap}"
-    return f"{workers} local worker processes" if workers > 1 else "this process"
+    if workers > 1:
+        return f"{workers} local worker processes"
+    return "1 worker process" if isolate else "this process"
 
 
 def make_runner(
-    workers: int, address: str | None, on_crash: OnCrash | None = None
+    workers: int, address: str | None, on_crash: OnCrash | None = None, isolate: bool = False
 ) -> Callable[[Callable, Iterable, Any], Iterator]:
     """The runner for `--workers N` and a Ray address (which wins when given).
 
-    `on_crash(task, reason)` gives the result of a task whose worker died on every try; in this
-    process there is no worker to lose (a crash there ends the build).
+    `on_crash(task, reason)` gives the result of a task whose worker died on every try. With one
+    worker, `isolate` still cuts in a worker process (what the CLI does), so a crashing decoder
+    costs its scan; in this process there is no worker to lose (a crash there ends the build).
     """
     if address:
         return lambda fn, tasks, arg: run_ray(
             fn, tasks, arg, address, workers if workers > 1 else None, on_crash
         )
-    if workers > 1:
-        return lambda fn, tasks, arg: run_processes(fn, tasks, arg, workers, on_crash)
+    if workers > 1 or isolate:
+        return lambda fn, tasks, arg: run_processes(fn, tasks, arg, max(1, workers), on_crash)
     return run_inline

@@ -129,3 +129,16 @@ def test_a_clip_whose_json_is_not_json_is_a_counted_bad_sample(video_only_shards
     out = write_shards(tmp_path / "garbled", read_index(video_only_shards), [6], samples, mutate)
     batches = list(EpochLoader(_cfg(batch_size=5), out, rank=0, world_size=1, audio=False).epoch(0))
     assert batches[0]["bad_samples"] >= 1 and "json is not valid JSON" in caplog.text
+
+
+def test_a_bad_sample_from_a_pipe_url_is_logged_without_the_command(video_only_shards, tmp_path, caplog):
+    samples = phantom_samples(video_only_shards)
+    out = write_shards(
+        tmp_path / "piped", read_index(video_only_shards), [6], samples, _set_meta("whole", [1])
+    )
+    # The command holds a token (as `aws s3 cp` with a presigned URL would); the shell ignores it.
+    url = f"pipe:cat {out / 'train-000000.tar'} # X-Amz-Signature=SECRETTOKEN"
+    cfg = _cfg(batch_size=5, shard_urls=[url])
+    batches = list(EpochLoader(cfg, out, rank=0, world_size=1, audio=False).epoch(0))
+    assert batches[0]["bad_samples"] == 1 and "json is a list" in caplog.text
+    assert "SECRETTOKEN" not in caplog.text and "pipe:" in caplog.text

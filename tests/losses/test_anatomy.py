@@ -103,3 +103,20 @@ def test_anatomy_labels_fine_coarse_and_background():
     with_background = anatomy_labels(planes, AnatomyConfig(granularity="coarse", background_positive=True))
     assert with_background.tolist()[3] == schema.ANATOMIES.index("background")
     assert len(schema.PLANE_ANATOMY) == len(schema.PLANES)
+
+
+def test_anatomy_labels_follow_a_custom_vocabulary_and_its_coarse_groups():
+    # Lung classes; `regular` is the background and shares its coarse group with `effusion`.
+    lung = schema.Vocabulary(
+        ("covid", "pneumonia", "regular", "effusion"), ("infection", "pleural"), (0, 0, 1, 1), "regular"
+    )
+    labels = torch.tensor([0, 1, 2, 3, -1])
+    coarse = anatomy_labels(labels, AnatomyConfig(granularity="coarse"), lung)
+    assert coarse.tolist() == [0, 0, -1, 1, -1]  # the background alone leaves, not its group
+    fine = anatomy_labels(labels, AnatomyConfig(granularity="fine"), lung)
+    assert fine.tolist() == [0, 1, -1, 3, -1]
+    kept = anatomy_labels(labels, AnatomyConfig(granularity="coarse", background_positive=True), lung)
+    assert kept.tolist() == [0, 0, 1, 1, -1]
+    # Without a coarse grouping (or a background), coarse matches on the classes themselves.
+    plain = schema.Vocabulary(("a", "b", "c"))
+    assert anatomy_labels(torch.tensor([2, 0]), AnatomyConfig(granularity="coarse"), plain).tolist() == [2, 0]

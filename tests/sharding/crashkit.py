@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from sharding.cut import ClipOptions, ScanResult, ScanTask, cut_scan
+from sharding.deid import hash_id
+from tests.conftest import SALT
 
 CRASH_ALWAYS = "crash-always"
 """A scan_id whose every cut kills its worker (a scan that segfaults FFmpeg each time)."""
@@ -32,10 +34,13 @@ def square_or_die(x: int, arg: dict) -> int:
 
 
 def cut_or_die(task: ScanTask, opts: ClipOptions) -> ScanResult:
-    """cut_scan, except that the scans named above kill their worker process (SIGKILL)."""
-    if task.row.scan_id == CRASH_ALWAYS:
+    """cut_scan, except that the scans named above kill their worker process (SIGKILL).
+
+    Workers see scans by their hash only (raw ids stay in the build process).
+    """
+    if task.scan_hash == hash_id(SALT, "scan", CRASH_ALWAYS):
         os.kill(os.getpid(), signal.SIGKILL)
-    if task.row.scan_id == CRASH_ONCE:
+    if task.scan_hash == hash_id(SALT, "scan", CRASH_ONCE):
         flag = Path(os.environ[ONCE_FLAG_ENV])
         if not flag.exists():
             flag.touch()

@@ -97,6 +97,13 @@ def test_a_scan_whose_worker_dies_twice_is_a_failed_scan_and_the_build_goes_on(
     args = build_args(manifest, tmp_path / "out2", salt_file, FLAGS + " --allow-failures")
     assert shard_main(args) == 0
 
+    # The CLI's default of one worker cuts in a worker process too: the crash costs its scan.
+    (tmp_path / "crashed-once").unlink()
+    one = FLAGS.replace("--workers 2", "--workers 1")
+    assert shard_main(build_args(manifest, tmp_path / "out1", salt_file, one)) == 1
+    assert "manifest line 3 (video file): worker process died (signal 9) twice" in capsys.readouterr().err
+    assert len(_scans_in_shards(tmp_path / "out1")) == 5
+
 
 def test_workers_end_when_the_build_process_is_killed(phantom_raw, salt_file, tmp_path):
     args = build_args(phantom_raw, tmp_path / "out", salt_file, FLAGS)

@@ -17,8 +17,9 @@ import av
 import pytest
 
 from sharding.__main__ import main as shard_main
+from sharding.media import read_audio
 from sharding.phantom import synthesize
-from tests.sharding.scankit import build_args, retag
+from tests.sharding.scankit import build_args, moving_frames, retag, write_audio, write_video
 
 MARKERS = ("MARKERSCAN", "MARKERPATIENT", "MARKERPATH", "MARKERFILE", "MARKERTAG", "MARKERCELL")
 TAGS = {
@@ -49,6 +50,8 @@ def _marked_raw(tmp_path: Path) -> tuple[Path, list[dict]]:
     rows = list(csv.DictReader(manifest.open()))
     marked = raw / "MARKERPATH"
     marked.mkdir()
+    # The first scan's narration as a separate, tagged file under a marker path.
+    write_audio(marked / "MARKERFILE_narration.m4a", read_audio(raw / rows[0]["video"], 16000), 16000, TAGS)
     out = []
     for i, r in enumerate(rows):
         video = Path(r["video"])
@@ -60,7 +63,7 @@ def _marked_raw(tmp_path: Path) -> tuple[Path, list[dict]]:
                 "scan_id": f"MARKERSCAN{i}",
                 "patient_id": f"MARKERPATIENT{i}",
                 **{c: f"MARKERPATH/MARKERFILE_{r[c]}" for c in ("video", "labels", "gaze")},
-                "audio": "",
+                "audio": "MARKERPATH/MARKERFILE_narration.m4a" if i == 0 else "",
             }
         )
     with av.open(str(marked / f"MARKERFILE_{Path(rows[0]['video']).name}")) as c:
@@ -76,9 +79,13 @@ def _write(manifest: Path, rows: list[dict]) -> Path:
     return manifest
 
 
-def test_markers_in_every_manifest_field_and_container_tag_reach_no_output(tmp_path, salt_file, capsys):
+def test_markers_in_every_manifest_field_and_container_tag_reach_no_output(tmp_path, salt_file, capfd):
     raw, rows = _marked_raw(tmp_path)
     (raw / "MARKERPATH" / "MARKERFILE_broken.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + b"MARKERTAG" * 50)
+    # Narration files that fail: missing, and one without sound (a video named as audio).
+    rows.append({**rows[1], "scan_id": "MARKERSCAN-noaudio", "audio": "MARKERPATH/MARKERFILE_missing.wav"})
+    write_video(raw / "MARKERPATH" / "MARKERFILE_silent.mp4", moving_frames(8, 32, 32), 8.0, metadata=TAGS)
+    rows.append({**rows[1], "scan_id": "MARKERSCAN-silent", "audio": "MARKERPATH/MARKERFILE_silent.mp4"})
     rows.append(
         {
             "scan_id": "MARKERSCANX",
@@ -90,14 +97,15 @@ def test_markers_in_every_manifest_field_and_container_tag_reach_no_output(tmp_p
     out = tmp_path / "shards"
     assert shard_main(build_args(manifest, out, salt_file, "--no-progress")) == 1
     assert shard_main(["inspect", str(out), "--verify"]) == 0
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     index = json.loads((out / "index.json").read_text())
-    assert index["totals"]["scans"] == 3 and index["totals"]["failed_scans"] == 1
+    assert index["totals"]["scans"] == 3 and index["totals"]["failed_scans"] == 3
+    assert index["totals"]["clips_with_narration"] == 6  # the first scan's from its tagged m4a
     _assert_nowhere([captured.out, captured.err], [out], salt_file.read_bytes())
 
 
 def test_labels_and_gaze_files_that_fail_are_named_by_line_and_column_never_quoted(
-    tmp_path, salt_file, capsys
+    tmp_path, salt_file, capfd
 ):
     raw, rows = _marked_raw(tmp_path)
     marked = raw / "MARKERPATH"
@@ -107,13 +115,15 @@ def test_labels_and_gaze_files_that_fail_are_named_by_line_and_column_never_quot
         "MARKERCELL name,MARKERCELL MRN,MARKERCELL birth\nx,y,z\n"
     )
     (marked / "MARKERFILE_cells.csv").write_text("frame,plane\n0,MARKERCELL-Smith\n")
+    # A frame cell that looks like a digit to str.isdigit() but is none to int().
+    (marked / "MARKERFILE_digits.csv").write_text("frame,plane\n\u00b9MARKERCELL,4ch\n")
     (marked / "MARKERFILE_passwd").write_text("root:x:0:0:MARKERCELL:/root:/bin/bash\n")
     (marked / "MARKERFILE_binary.csv").write_bytes(b"\xff\xfeMARKERCELL\x00" * 20)
     (marked / "MARKERFILE_gaze.csv").write_text(
         "frame,x,y\n" + "".join(f"{k},MARKERCELL,0.5\n" for k in range(60))
     )
     bad = {
-        "labels": ["patients.csv", "cells.csv", "passwd", "binary.csv", "missing.csv"],
+        "labels": ["patients.csv", "cells.csv", "digits.csv", "passwd", "binary.csv", "missing.csv"],
         "gaze": ["gaze.csv", "patients.csv"],
     }
     for column, files in bad.items():
@@ -124,10 +134,10 @@ def test_labels_and_gaze_files_that_fail_are_named_by_line_and_column_never_quot
     manifest = _write(raw / "manifest.csv", rows)
     out = tmp_path / "shards"
     assert shard_main(build_args(manifest, out, salt_file, "--no-progress")) == 1
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     index = json.loads((out / "index.json").read_text())
     errors = index["errors"]
-    assert len(errors) == 7 and {e["file"] for e in errors} == {"labels", "gaze"}
+    assert len(errors) == 8 and {e["file"] for e in errors} == {"labels", "gaze"}
     assert all(f"manifest line {e['manifest_line']} ({e['file']} file)" in captured.err for e in errors)
     _assert_nowhere([captured.out, captured.err], [out], salt_file.read_bytes())
 

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from sharding.__main__ import main as shard_main
 from sharding.build import BuildOptions, build
-from sharding.mask import MaskSpec, box_mask, sector_mask
+from sharding.mask import MaskError, MaskSpec, box_mask, sector_mask
 from sharding.phantom import burned_in_text, make_spec, synthesize
 from tests.sharding.scankit import build_args, moving_frames, write_manifest, write_video
 from usvs_dist.data import schema
@@ -154,3 +154,11 @@ def test_auto_finds_the_sector_of_real_recordings_and_blanks_what_does_not_chang
     outside = ~ndimage.binary_dilation(keep, iterations=2)  # the margins, past the eroded rim
     if outside.any():
         assert np.median(spread[outside]) < 1.0
+
+
+def test_a_frozen_loop_with_a_ticking_clock_is_not_masked_to_the_clock():
+    frames = np.full((20, 64, 64), 90, np.uint8)  # a frozen image...
+    for t in range(20):
+        frames[t, 2:10, 40:60] = 30 + 10 * t  # ...and a clock that changes every frame
+    with pytest.raises(MaskError, match="less than 5%"):
+        sector_mask(frames)
