@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
-from tests.train.runner import REPO, entry_env, steps_logged, train
+from tests.train.runner import REPO, run_entry, steps_logged, train
 
 
 def _evaluate(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "usvs_dist.evaluate", *args],
-        cwd=cwd,
-        env=entry_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_entry(cwd, "usvs_dist.evaluate", *args)
 
 
 @pytest.mark.slow

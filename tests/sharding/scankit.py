@@ -142,3 +142,18 @@ def write_timed_video(
             out.mux(vs.encode(frame))
         out.mux(vs.encode())
     return path
+
+
+def assert_rows_reported(index: dict, err: str, cases: dict) -> dict[int, dict]:
+    """Each case (manifest line 2 on, in order; value (fields, column, words)) failed naming its
+    column, with `words` in the reason, on stderr by line and column; or did not fail when its
+    column is None. Returns index.json's errors by manifest line."""
+    errors = {e["manifest_line"]: e for e in index["errors"]}
+    for line, (sid, (_, column, words)) in enumerate(cases.items(), start=2):
+        if column is None:
+            assert line not in errors, (sid, errors.get(line))
+            continue
+        assert errors[line]["file"] == column, (sid, errors[line])
+        assert words in errors[line]["reason"], (sid, errors[line])
+        assert f"manifest line {line} ({column} file)" in err, sid
+    return errors

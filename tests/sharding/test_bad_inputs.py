@@ -9,7 +9,15 @@ import wave
 import numpy as np
 
 from sharding.__main__ import main as shard_main
-from tests.sharding.scankit import build_args, moving_frames, tone, write_audio, write_manifest, write_video
+from tests.sharding.scankit import (
+    assert_rows_reported,
+    build_args,
+    moving_frames,
+    tone,
+    write_audio,
+    write_manifest,
+    write_video,
+)
 from usvs_dist.data import schema
 
 SECONDS, FPS = 2.5, 10.0
@@ -137,14 +145,7 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
     assert shard_main(args) == 1
     err = capsys.readouterr().err
     index = json.loads((out / schema.INDEX_NAME).read_text())
-    errors = {e["manifest_line"]: e for e in index["errors"]}
-    for line, (sid, (_, column, words)) in enumerate(cases.items(), start=2):
-        if column is None:
-            assert line not in errors
-            continue
-        assert errors[line]["file"] == column, (sid, errors[line])
-        assert words in errors[line]["reason"], (sid, errors[line])
-        assert f"manifest line {line} ({column} file)" in err, sid
+    errors = assert_rows_reported(index, err, cases)
     dup_line = len(rows) + 1
     assert errors[dup_line]["file"] == "scan_id" and "first on manifest line" in errors[dup_line]["reason"]
     assert len(errors) == len(cases) - 1  # every bad row, the duplicate, not the two good scans

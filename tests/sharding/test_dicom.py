@@ -33,7 +33,15 @@ from sharding.build import BuildOptions, build
 from sharding.deid import hash_id
 from tests.conftest import SALT
 from tests.sharding.dicomkit import MARKERS, level, ramp, write_dicom
-from tests.sharding.scankit import build_args, moving_frames, tone, write_audio, write_manifest, write_video
+from tests.sharding.scankit import (
+    assert_rows_reported,
+    build_args,
+    moving_frames,
+    tone,
+    write_audio,
+    write_manifest,
+    write_video,
+)
 from tests.sharding.test_build import all_clips
 from usvs_dist.config import DataConfig
 from usvs_dist.data import schema
@@ -364,14 +372,7 @@ def test_bad_dicoms_are_failed_scans_and_the_others_are_sharded(tmp_path, salt_f
     assert shard_main(args) == 1
     err = capsys.readouterr().err
     index = json.loads((out / schema.INDEX_NAME).read_text())
-    errors = {e["manifest_line"]: e for e in index["errors"]}
-    for line, (sid, (_, column, words)) in enumerate(cases.items(), start=2):
-        if column is None:
-            assert line not in errors, (sid, errors.get(line))
-            continue
-        assert errors[line]["file"] == column, (sid, errors[line])
-        assert words in errors[line]["reason"], (sid, errors[line])
-        assert f"manifest line {line} ({column} file)" in err, sid
+    assert_rows_reported(index, err, cases)
     assert index["totals"]["scans"] == 3 and index["totals"]["clips"] == 6  # 2 s each
     assert index["totals"]["clips_without_narration"] == 2  # the video-only DICOM
     assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar"]

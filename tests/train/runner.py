@@ -52,6 +52,18 @@ def parse(output: str, workdir: Path) -> Finished:
     return Finished(output, run_id, checkpoint, client_for(workdir))
 
 
+def run_entry(workdir: Path, module: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m module args` in `workdir`, as users run it; returns the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=workdir,
+        env=entry_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def train(
     workdir: Path, shards: Path | None, *overrides: str, timeout: float = 600, tiny: bool = True
 ) -> Finished:
@@ -60,14 +72,7 @@ def train(
     `shards` None trains on the phantom cache (set phantom.cache_dir); `tiny` adds TINY's overrides.
     """
     data = [f"data.shards={shards}"] if shards is not None else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "usvs_dist.train", *data, *(TINY if tiny else []), *overrides],
-        cwd=workdir,
-        env=entry_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_entry(workdir, "usvs_dist.train", *data, *(TINY if tiny else []), *overrides, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return parse(proc.stdout + proc.stderr, workdir)
 

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import LUNG_CLASSES
-from tests.train.runner import TINY, entry_env, steps_logged, train
+from tests.train.runner import TINY, run_entry, steps_logged, train
 
 STEPS = ["train.steps=4", "train.checkpoint_every=4", "train.num_workers=2", "optim.warmup_steps=0"]
 
 
 def test_a_recipe_reading_narration_stops_before_ray_on_a_video_only_split(video_only_shards, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "usvs_dist.train", f"data.shards={video_only_shards}", *TINY],
-        cwd=tmp_path,
-        env=entry_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_entry(tmp_path, "usvs_dist.train", f"data.shards={video_only_shards}", *TINY, timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "objective.recipe=usvs2020 reads the narration" in proc.stderr
     assert "0 clips with narration and 36 without" in proc.stderr
@@ -38,25 +28,11 @@ def test_isbi2020_trains_on_video_only_scans_and_the_vocabulary_reaches_the_repo
     metrics = run.client.get_run(run.run_id).data.metrics
     assert metrics["data/clips_without_narration_left_out"] == 0
     out = tmp_path / "eval"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "usvs_dist.evaluate",
-            "--checkpoint",
-            str(run.checkpoint),
-            "--task",
-            "planes",
-            "--protocol",
-            "linear",
-            "--out",
-            str(out),
-            "eval.folds=3",
-        ],
-        cwd=tmp_path,
-        env=entry_env(),
-        capture_output=True,
-        text=True,
+    proc = run_entry(
+        tmp_path,
+        "usvs_dist.evaluate",
+        *("--checkpoint", str(run.checkpoint), "--task", "planes", "--protocol", "linear"),
+        *("--out", str(out), "eval.folds=3"),
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -1,71 +1,9 @@
 """The shard-format contract, re-exported for usvs_dist's own modules.
 
-The contract lives in `usvs_format.schema` (a stdlib-only leaf that `sharding` imports too);
-this module keeps `from usvs_dist.data import schema` working inside usvs_dist.
+The contract lives in `usvs_format.schema` (a stdlib-only leaf that `sharding` imports too; its
+names are listed once, in `usvs_format.__all__`); this module keeps `from usvs_dist.data import
+schema` working inside usvs_dist.
 """
 
-from usvs_format.schema import (
-    ANATOMIES,
-    AUDIO_RATE,
-    BACKGROUND,
-    FETAL_PLANES,
-    FORMAT_VERSION,
-    INDEX_NAME,
-    META_FPS,
-    META_FRAMES,
-    META_GAZE,
-    META_KEY,
-    META_LABELS,
-    META_LOUDNESS,
-    META_NARRATION,
-    META_PATIENT,
-    META_SCAN,
-    META_SPEECH_RATIO,
-    META_T0,
-    META_T1,
-    PLANE_ANATOMY,
-    PLANES,
-    SPLITS,
-    VIDEO_KEY,
-    Vocabulary,
-    label_vocabulary,
-    narrated,
-    narrated_clips,
-    parse_index,
-    read_index,
-    sample_key,
-    shard_name,
-)
-
-__all__ = [
-    "FORMAT_VERSION",
-    "INDEX_NAME",
-    "SPLITS",
-    "AUDIO_RATE",
-    "VIDEO_KEY",
-    "META_KEY",
-    "META_SCAN",
-    "META_PATIENT",
-    "META_T0",
-    "META_T1",
-    "META_FPS",
-    "META_FRAMES",
-    "META_SPEECH_RATIO",
-    "META_LOUDNESS",
-    "META_LABELS",
-    "META_GAZE",
-    "META_NARRATION",
-    "PLANES",
-    "BACKGROUND",
-    "ANATOMIES",
-    "PLANE_ANATOMY",
-    "Vocabulary",
-    "FETAL_PLANES",
-    "label_vocabulary",
-    "narrated",
-    "narrated_clips",
-    "shard_name",
-    "sample_key",
-    "parse_index",
-    "read_index",
-]
+from usvs_format import *  # noqa: F403
+from usvs_format import __all__  # noqa: F401
