@@ -75,3 +75,22 @@ def test_speech_share_zero_gives_no_plane_narration():
     spec = make_spec(0, 0, 60.0, 10.0, 64, 16000, speech_share=0.0)
     assert {s.narration for s in spec.segments} <= {"chatter", "silence"}
     assert any(s.label != BACKGROUND for s in spec.segments)
+
+
+def test_the_default_phantoms_patients_fall_in_every_split():
+    """Periodic retrieval reads val and held-out evaluation test: the quickstart's phantom (its
+    salt, seed and scan count) must put a patient in each."""
+    from sharding.build import BuildOptions
+    from sharding.deid import assign_split, hash_id
+    from usvs_dist.config import load_config
+    from usvs_dist.phantom import PHANTOM_SALT
+
+    phantom = load_config(None, []).phantom
+    splits = [
+        assign_split(
+            hash_id(PHANTOM_SALT, "patient", f"phantom-patient-{phantom.seed}-{i:04d}"),
+            BuildOptions().split_fractions,
+        )
+        for i in range(phantom.scans)
+    ]
+    assert {"train", "val", "test"} <= set(splits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import tempfile
 import time
@@ -178,6 +179,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Which process is which rank: what an operator needs for py-spy, gdb or a kill.
+    log.info("rank %d of %d runs in process %d", rank, world, os.getpid())
     needs = check_objective(cfg.objective)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, needs.outputs)
