@@ -1,7 +1,7 @@
 """The sharder and loader on real recordings from ../shared/data (many devices and codecs).
 
 Those files are test data kept outside the repository by design (their licences are their own):
-CI clones main with ../shared beside it, and without it this module is skipped.
+CI has the real recordings beside its clone; without them this module is skipped.
 """
 
 from __future__ import annotations
