@@ -33,6 +33,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import Delaunay, QhullError
 
+from sharding.media import fitted_size
+
 AUTO, NONE, BOX = "auto", "none", "box"
 SAMPLE_FRAMES = 120
 LIVE_GREY_LEVELS = 1.0
@@ -107,9 +109,7 @@ def box_mask(box: tuple[int, int, int, int], source_wh: tuple[int, int], size: i
     x0, y0, x1, y1 = box
     if x1 > w or y1 > h:
         raise MaskError(f"the --mask box reaches {x1}x{y1}, outside the {w}x{h} source frame")
-    scale = size / max(w, h)
-    # As media.grey_square scales and letterboxes: even sides, centred.
-    sw, sh = max(2, round(w * scale)) // 2 * 2, max(2, round(h * scale)) // 2 * 2
+    sw, sh = fitted_size(w, h, size)  # where media.grey_square puts the frame, centred
     left, top = (size - sw) // 2, (size - sh) // 2
     fx, fy = sw / w, sh / h
     out = np.zeros((size, size), bool)

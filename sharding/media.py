@@ -146,11 +146,16 @@ def letterbox(gray_HW: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def fitted_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) a width x height frame is scaled to inside a size x size square: aspect kept, even
+    sides (yuv420p)."""
+    scale = size / max(width, height)
+    return max(2, round(width * scale)) // 2 * 2, max(2, round(height * scale)) // 2 * 2
+
+
 def grey_square(frame: av.VideoFrame, size: int) -> np.ndarray:
     """A decoded frame scaled (aspect kept, even sides) and letterboxed to a size x size grey image."""
-    scale = size / max(frame.width, frame.height)
-    w = max(2, round(frame.width * scale)) // 2 * 2
-    h = max(2, round(frame.height * scale)) // 2 * 2
+    w, h = fitted_size(frame.width, frame.height, size)
     return letterbox(frame.reformat(width=w, height=h, format="gray").to_ndarray(), size)
 
 
