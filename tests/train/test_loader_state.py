@@ -1,46 +1,55 @@
-"""The loader's position travels in every rank's checkpoint file and restores the epoch."""
+"""The loader's state travels in every rank's checkpoint file and continues the epoch where it was."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 
-from usvs_dist.train.loop import LoaderProgress, _load_rank_state, _save_rank_state
+from usvs_dist.config.schema import DataConfig
+from usvs_dist.data.pipeline import EpochLoader
+from usvs_dist.train.checkpoint import load_rank_state, save_rank_state
 
 
-def _batch(worker: int, pos: int, done: int, bad: int = 0) -> dict:
-    return {
-        "worker": worker,
-        "loader_pos": pos,
-        "loader_batches": done,
-        "bad_samples": bad,
-        "padded_samples": 0,
-        "frames_decoded": 20,
-        "frames_used": 10,
-    }
+def _cfg(**kw) -> DataConfig:
+    return DataConfig(batch_size=2, loader_workers=2, interleave=2, **kw)
 
 
-def test_positions_and_counts_round_trip_through_the_rank_file(tmp_path):
-    progress = LoaderProgress(epoch=2, world_size=2, workers=2, saved={})
-    progress.update(_batch(0, 12, 3, bad=1))
-    progress.update(_batch(1, 9, 2))
-    _save_rank_state(tmp_path, rank=1, loader_state=progress.state())
-
-    saved = _load_rank_state(tmp_path, rank=1)
-    restored = LoaderProgress(epoch=2, world_size=2, workers=2, saved=saved)
-    assert restored.positions == {0: (12, 3), 1: (9, 2)}
-    assert restored.totals() == (1, 0)
-    assert progress.frames_ratio() == 2.0
+def _keys(batches) -> list[str]:
+    return [k for b in batches for k in b["__key__"]]
 
 
-def test_a_new_epoch_or_another_layout_starts_the_epoch_afresh(tmp_path, caplog):
-    progress = LoaderProgress(epoch=0, world_size=2, workers=1, saved={})
-    progress.update(_batch(0, 5, 1, bad=2))
-    saved = progress.state()
-    assert LoaderProgress(epoch=1, world_size=2, workers=1, saved=saved).positions == {}
+def test_the_state_round_trips_through_the_rank_file_and_continues_after_the_last_batch(
+    phantom_shards, tmp_path
+):
+    loader = EpochLoader(_cfg(), phantom_shards, rank=1, world_size=2)
+    per_epoch = loader.plan(0).batches_per_rank
+    run = list(itertools.islice(loader.batches(), per_epoch + 2))  # into the second epoch
+    assert loader.current_epoch == 1
+    # A run that stopped after 3 batches of epoch 0, saved, and resumed in a new loader.
+    first = EpochLoader(_cfg(), phantom_shards, rank=1, world_size=2)
+    head = list(itertools.islice(first.batches(), 3))
+    state = first.state_dict()
+    json.dumps(state)  # plain data: the checkpoint keeps it as is
+    save_rank_state(tmp_path, rank=1, loader_state=state)
+
+    resumed = EpochLoader(_cfg(), phantom_shards, rank=1, world_size=2)
+    resumed.load_state_dict(load_rank_state(tmp_path, rank=1))
+    rest = list(itertools.islice(resumed.batches(), per_epoch + 2 - 3))
+    assert _keys(head) + _keys(rest) == _keys(run)
+    assert resumed.current_epoch == 1 and resumed.state_dict()["epoch"] == 1
+    assert resumed.frames_ratio() >= 1.0
+
+
+def test_another_layout_restarts_the_epoch_and_keeps_the_sample_counts(phantom_shards, tmp_path, caplog):
+    saved = {"epoch": 0, "world_size": 2, "workers": 2, "positions": {"0": [4, 1]}, "bad": 2, "padded": 3}
+    loader = EpochLoader(_cfg(), phantom_shards, rank=0, world_size=4)
     with caplog.at_level(logging.WARNING):
-        other = LoaderProgress(epoch=0, world_size=4, workers=1, saved=saved)
-    assert other.positions == {} and "the epoch restarts from its beginning" in caplog.text
-    assert other.totals() == (2, 0)  # skipped-sample counts carry over
-    progress.next_epoch()
-    assert progress.epoch == 1 and progress.positions == {} and progress.totals() == (2, 0)
-    assert _load_rank_state(tmp_path, rank=3) == {}
+        loader.load_state_dict(saved)
+    assert "the epoch restarts from its beginning" in caplog.text
+    assert loader.state_dict()["positions"] == {} and loader.sample_counts() == (2, 3)
+    # A rank the saved run did not have gets only the epoch the other ranks are in.
+    fresh = EpochLoader(_cfg(), phantom_shards, rank=3, world_size=4)
+    fresh.load_state_dict({"epoch": 1})
+    assert fresh.current_epoch == 1 and fresh.sample_counts() == (0, 0)
+    assert load_rank_state(tmp_path, rank=3) == {}

@@ -137,7 +137,12 @@ def _batches(
 
 
 class EpochLoader:
-    """A rank's loader: `epoch(e, positions)` gives a DataLoader over epoch e from those positions."""
+    """A rank's loader: `batches()` runs epoch after epoch from where `state_dict()` says it is.
+
+    `epoch(e, positions)` is the single-epoch DataLoader under it. The state is this rank's epoch,
+    each worker's stream position, and the bad/padded sample counts; a checkpoint keeps it, and
+    `load_state_dict` continues right after the last batch `batches()` yielded.
+    """
 
     def __init__(
         self,
@@ -156,6 +161,71 @@ class EpochLoader:
         self.vocabulary = schema.label_vocabulary(self.index)
         self.shards = split_shards(location, self.index, cfg.split, list(cfg.shard_urls), narrated_only=audio)
         self.clip_seconds = float(self.index["clip_seconds"])
+        self.current_epoch = 0
+        """Epochs this rank has completed: `batches()` reads epoch `current_epoch` next."""
+        self._positions: Positions = {}
+        self._bad_before = self._padded_before = 0
+        self._bad: dict[int, int] = {}
+        self._padded: dict[int, int] = {}
+        self._frames: dict[int, tuple[int, int]] = {}
+
+    def batches(self, device: torch.device | str = "cpu") -> Iterator[dict]:
+        """This rank's batches on `device`, epoch after epoch, from the current position on (endless)."""
+        while True:
+            for batch in self.epoch(self.current_epoch, self._positions, device):
+                w = int(batch["worker"])
+                self._positions[w] = (int(batch["loader_pos"]), int(batch["loader_batches"]))
+                self._bad[w], self._padded[w] = int(batch["bad_samples"]), int(batch["padded_samples"])
+                self._frames[w] = (int(batch["frames_decoded"]), int(batch["frames_used"]))
+                yield batch
+            self._bad_before, self._padded_before = self.sample_counts()
+            self.current_epoch += 1
+            self._positions, self._bad, self._padded, self._frames = {}, {}, {}, {}
+
+    def sample_counts(self) -> tuple[int, int]:
+        """(bad samples skipped, padded samples repeated) on this rank over the run so far."""
+        return self._bad_before + sum(self._bad.values()), self._padded_before + sum(self._padded.values())
+
+    def frames_ratio(self) -> float:
+        """Frames Decord decoded per frame used, this epoch so far (NaN before the first batch)."""
+        decoded = sum(d for d, _ in self._frames.values())
+        used = sum(u for _, u in self._frames.values())
+        return decoded / used if used else float("nan")
+
+    def state_dict(self) -> dict:
+        """Where this rank's loader is: epoch, layout, each worker's position, sample counts (JSON-able)."""
+        bad, padded = self.sample_counts()
+        return {
+            "epoch": self.current_epoch,
+            "world_size": self.world_size,
+            "workers": self.cfg.loader_workers,
+            "positions": {str(w): list(p) for w, p in self._positions.items()},
+            "bad": bad,
+            "padded": padded,
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Continue from `state_dict()`'s output; another rank/worker layout restarts its epoch.
+
+        Positions index each worker's stream of the plan, and the plan depends on the world size
+        and the worker count, so a position saved under another layout means nothing here.
+        """
+        self.current_epoch = int(saved.get("epoch", 0))
+        layout = (saved.get("world_size"), saved.get("workers"))
+        same_layout = layout == (self.world_size, self.cfg.loader_workers)
+        if saved.get("positions") and not same_layout:
+            log.warning(
+                "loader position of epoch %d was saved with %s ranks x %s workers, now %d x %d: "
+                "the epoch restarts from its beginning",
+                self.current_epoch,
+                *layout,
+                self.world_size,
+                self.cfg.loader_workers,
+            )
+        positions = saved.get("positions", {}) if same_layout else {}
+        self._positions = {int(w): (int(p[0]), int(p[1])) for w, p in positions.items()}
+        self._bad_before, self._padded_before = int(saved.get("bad", 0)), int(saved.get("padded", 0))
+        self._bad, self._padded, self._frames = {}, {}, {}
 
     def plan(self, epoch: int) -> EpochPlan:
         """The plan of `epoch` (identical on every rank)."""

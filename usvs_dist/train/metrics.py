@@ -1,0 +1,68 @@
+"""MetricsWindow: the loss parts of one optimizer step's micro-steps, and the training-step clock."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from usvs_dist.data.pipeline import EpochLoader
+from usvs_dist.dist import collectives
+from usvs_dist.train.state import TrainState
+
+
+class MetricsWindow:
+    """Sums a rank's parts over the micro-steps of an optimizer step; averages them over ranks.
+
+    The clock measures training only: `restart_clock()` after evaluating or saving leaves that
+    time out of the next step's clips/s.
+    """
+
+    def __init__(self, grad_accum_steps: int, global_batch: int, device: torch.device):
+        self.accum, self.global_batch, self.device = grad_accum_steps, global_batch, device
+        self.parts: dict[str, torch.Tensor] = {}
+        self.micro_steps = 0
+        self.step_seconds = float("nan")
+        self._tick = time.perf_counter()
+
+    def add(self, parts: dict[str, torch.Tensor]) -> bool:
+        """Add one micro-step's parts; True when it ended an optimizer step (DeepSpeed stepped)."""
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v / self.accum
+        self.micro_steps += 1
+        if self.micro_steps % self.accum:
+            return False
+        now = time.perf_counter()
+        self.step_seconds, self._tick = now - self._tick, now
+        return True
+
+    def restart_clock(self) -> None:
+        """Start the next step's clock now (after work that is not a training step)."""
+        self._tick = time.perf_counter()
+
+    def loss(self) -> float:
+        """This step's loss, averaged over ranks (a collective: every rank calls it)."""
+        return collectives.all_reduce_mean(self.parts["loss"]).item()
+
+    def summary(self, loader: EpochLoader, state: TrainState, lr: float) -> dict[str, float]:
+        """The step's logged metrics: parts averaged over ranks, throughput, loader health (collective)."""
+        means = {k: collectives.all_reduce_mean(v).item() for k, v in self.parts.items()}
+        bad, padded = loader.sample_counts()
+        counts = torch.tensor([float(bad), float(padded), loader.frames_ratio()], device=self.device)
+        bad_mean, padded_mean, frames_ratio = collectives.all_reduce_mean(counts).tolist()
+        world = collectives.world_size()
+        return {
+            **means,
+            "clips_per_s": self.global_batch / self.step_seconds,
+            "lr": lr,
+            "samples_seen": state.samples,
+            "global_batch": self.global_batch,
+            "bad_samples": bad_mean * world,
+            "padded_samples": padded_mean * world,
+            "decode_frames_ratio": frames_ratio,
+            "loader_epoch": loader.current_epoch,
+        }
+
+    def clear(self) -> None:
+        """Forget the parts (after the optimizer step they belong to)."""
+        self.parts = {}
