@@ -35,7 +35,13 @@ def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp
     assert steps_logged(client, run_id) == list(range(1, 7))
     assert all(m.value > 0 for m in client.get_metric_history(run_id, "loss"))
     assert len(client.get_metric_history(run_id, "clips_per_s")) == 6
-    assert {"bad_samples", "padded_samples", "decode_frames_ratio", "loader_epoch"} <= set(info.data.metrics)
+    assert {
+        "bad_samples",
+        "padded_samples",
+        "decode_frames_ratio",
+        "loader_epoch",
+        "same_scan_pair_share",
+    } <= set(info.data.metrics)
     assert info.data.metrics["global_batch"] == 8 and info.data.metrics["samples_seen"] == 48
     lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr"), key=lambda m: m.step)]
     assert lrs[0] < lrs[4] and lrs[5] < lrs[4]  # warmup, then cosine decay

@@ -1,6 +1,7 @@
 """`python -m usvs_dist.bench step [--steps N] [--warmup N] [section.key=value ...]` and
 `python -m usvs_dist.bench loss [--world W] [--batch B] [--dim D] [--device cpu|cuda]` and
-`python -m usvs_dist.bench loader [SHARDS] [--clips N] [section.key=value ...]`."""
+`python -m usvs_dist.bench loader [SHARDS] [--clips N] [section.key=value ...]` and
+`python -m usvs_dist.bench batches [SHARDS] [--world W] [--epochs E] [section.key=value ...]`."""
 
 from __future__ import annotations
 
@@ -29,14 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     loader.add_argument("--clips", type=int, default=240, help="clips timed per path")
     loader.add_argument("--repeats", type=int, default=3)
     loader.add_argument("overrides", nargs="*", metavar="section.key=value")
+    batches = sub.add_parser(
+        "batches", help="same-scan pairs in the loader's global batches vs uniform sampling"
+    )
+    batches.add_argument("shards", nargs="?", help="local shard folder; omitted: the phantom cache")
+    batches.add_argument("--world", type=int, default=2, help="ranks W")
+    batches.add_argument("--epochs", type=int, default=2)
+    batches.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
+    if args.bench in ("loader", "batches") and args.shards and "=" in args.shards:
+        args.overrides.insert(0, args.shards)  # no folder given: the first word is an override
+        args.shards = None
     if args.bench == "loader":
         from usvs_dist.bench import loader as loader_bench
 
-        if args.shards and "=" in args.shards:  # no folder given: the first word is an override
-            args.overrides.insert(0, args.shards)
-            args.shards = None
         loader_bench.run(args.shards, args.overrides, args.clips, args.repeats)
+    elif args.bench == "batches":
+        from usvs_dist.bench import batches as batches_bench
+
+        batches_bench.run(args.shards, args.overrides, args.world, args.epochs)
     elif args.bench == "step":
         from usvs_dist.bench import step as step_bench
 

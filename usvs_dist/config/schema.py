@@ -127,8 +127,10 @@ class DataConfig:
     shard_urls: list[str] = field(default_factory=list)
     """Shards to read instead of all of the split's under data.shards: paths, globs, brace ranges
     ({000000..000099}), fsspec URLs (s3://...) or pipe: commands; matched to index.json by name."""
-    interleave: int = 4
-    """Shards (or shard parts) a loader worker reads at once, drawing each clip from a random one."""
+    interleave: int = 16
+    """Units a loader stream reads at once; shards are cut into parts so every stream gets at least
+    this many. More mixes more scans into each batch and reads each shard more often: see
+    docs/architecture.md ("Batches across scans") and `python -m usvs_dist.bench batches`."""
     resample: bool = False
     """Draw shards with replacement each epoch (clips may repeat) instead of exact epochs."""
     decode_threads: int = 1

@@ -2,16 +2,21 @@
 
 A plan is a pure function of (shard clip counts, epoch, seed, ranks, workers, batch size):
 1. shuffle the shards by (seed, epoch);
-2. cut each shard into `parts` interleaved units (sample ordinal % parts) when there are fewer
-   shards than streams, so every stream gets work;
+2. cut each shard into `parts` interleaved units (sample ordinal % parts) so that every stream
+   gets at least `stream_units` units (`data.interleave`): a stream whose units come from many
+   shards holds many scans, so its batches do not hold runs of one scan's adjacent clips
+   (shards store each scan's clips consecutively). The price is I/O: a unit reads its shard's
+   tar up to its last clip, so each shard is read about `parts` times (bench batches prints it);
 3. split by node: units go to ranks, largest first to the least loaded (balanced by clips);
 4. split by worker: each rank's units go to its loader workers the same way;
 5. every stream yields the same number of batches: floor(smallest stream's clips / batch).
    Clips beyond that in larger streams are not used this epoch (reported; the next epoch's
    shuffle leaves out others). Without resampling no clip is read twice in an epoch.
-A stream reads its units `interleave` at a time, drawing the next clip from a random open unit
-(seeded by seed, epoch, stream). The order is fixed by the plan alone, so a position (clips read)
-restores a stream: units finished before it are never opened again.
+A stream reads its units `interleave` at a time, drawing the next clip from an open unit chosen
+with probability proportional to the clips it has left (seeded by seed, epoch, stream): with
+every unit open that is a uniformly random merge of the units, so a batch's clips come from its
+units as a uniform draw of the stream would take them. The order is fixed by the plan alone, so
+a position (clips read) restores a stream: units finished before it are never opened again.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def plan_epoch(
     workers: int,
     batch_size: int,
     resample: bool = False,
+    stream_units: int = 1,
 ) -> EpochPlan:
     """The epoch's plan; raises ValueError when a stream would get less than one batch."""
     workers = max(1, workers)
@@ -85,7 +91,7 @@ def plan_epoch(
     rng = random.Random(f"epoch-{seed}-{epoch}")
     order = list(range(len(shard_clips)))
     rng.shuffle(order)
-    parts = max(1, -(-streams // len(order)))
+    parts = max(1, -(-streams * max(1, stream_units) // len(order)))
     units = [
         Unit(s, j, parts, len(range(j, shard_clips[s], parts)))
         for s in order
@@ -124,7 +130,7 @@ def read_order(units: tuple[Unit, ...], interleave: int, seed: str) -> list[int]
     rng = random.Random(seed)
     order: list[int] = []
     while open_units:
-        k = rng.randrange(len(open_units))
+        k = rng.choices(range(len(open_units)), weights=[remaining[u] for u in open_units])[0]
         unit = open_units[k]
         order.append(unit)
         remaining[unit] -= 1

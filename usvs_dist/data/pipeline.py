@@ -237,6 +237,7 @@ class EpochLoader:
             self.cfg.loader_workers,
             self.cfg.batch_size,
             resample=self.cfg.resample,
+            stream_units=self.cfg.interleave,
         )
 
     def epoch(

@@ -89,7 +89,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _log_plan(cfg, loader, world)
     for batch in loader.batches(engine.device):
         lr = engine.get_lr()[0]  # the rate this optimizer step uses
-        if not window.add(train_step(engine, batch, cfg, make_views, state.step / cfg.train.steps)):
+        parts = train_step(engine, batch, cfg, make_views, state.step / cfg.train.steps)
+        if not window.add(parts, batch["scan"]):
             continue  # DeepSpeed steps the optimizer on the accumulation boundary only
         state.step += 1
         state.samples += window.global_batch

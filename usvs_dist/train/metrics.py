@@ -7,6 +7,7 @@ import time
 import torch
 
 from usvs_dist.data.pipeline import EpochLoader
+from usvs_dist.data.scan_mix import same_scan_pair_share, scan_code
 from usvs_dist.dist import collectives
 from usvs_dist.train.state import TrainState
 
@@ -21,12 +22,15 @@ class MetricsWindow:
     def __init__(self, grad_accum_steps: int, global_batch: int, device: torch.device):
         self.accum, self.global_batch, self.device = grad_accum_steps, global_batch, device
         self.parts: dict[str, torch.Tensor] = {}
+        self.scans: list[str] = []
+        """Scan ids of this rank's last micro-batch (whose global batch the losses contrasted)."""
         self.micro_steps = 0
         self.step_seconds = float("nan")
         self._tick = time.perf_counter()
 
-    def add(self, parts: dict[str, torch.Tensor]) -> bool:
-        """Add one micro-step's parts; True when it ended an optimizer step (DeepSpeed stepped)."""
+    def add(self, parts: dict[str, torch.Tensor], scans: list[str]) -> bool:
+        """Add one micro-step's parts and its batch's scan ids; True when DeepSpeed stepped the optimizer."""
+        self.scans = list(scans)
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, 0.0) + v / self.accum
         self.micro_steps += 1
@@ -51,7 +55,10 @@ class MetricsWindow:
         counts = torch.tensor([float(bad), float(padded), loader.frames_ratio()], device=self.device)
         bad_mean, padded_mean, frames_ratio = collectives.all_reduce_mean(counts).tolist()
         world = collectives.world_size()
+        codes = torch.tensor([scan_code(s) for s in self.scans], dtype=torch.int64, device=self.device)
+        global_scans = [str(c) for c in collectives.gather_nograd(codes).tolist()]
         return {
+            "same_scan_pair_share": same_scan_pair_share(global_scans),
             **means,
             "clips_per_s": self.global_batch / self.step_seconds,
             "lr": lr,
