@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import torch
 
-from usvs_dist.config import ConfigError, from_dict, redact, to_dict
+from usvs_dist.config import ConfigError, apply_overrides, redact
 from usvs_dist.eval import report, tasks
 from usvs_dist.eval.clips import ClipSet
 from usvs_dist.eval.encoders import RUN_FILE, Encoders, build_encoders, from_checkpoint, random_twin
@@ -25,19 +25,12 @@ from usvs_dist.eval.encoders import RUN_FILE, Encoders, build_encoders, from_che
 log = logging.getLogger("usvs_dist.evaluate")
 
 
-def _with_overrides(enc: Encoders, overrides: list[str]) -> Encoders:
-    """eval.* and data.* overrides on top of the run's config (the architecture stays the run's)."""
-    for item in overrides:
-        if not item.startswith(("eval.", "data.")):
-            raise ConfigError(f"override {item!r}: only eval.* and data.* can change at evaluation")
-    tree = OmegaConf.merge(OmegaConf.create(to_dict(enc.cfg)), OmegaConf.from_dotlist(overrides))
-    enc.cfg = from_dict(OmegaConf.to_container(tree))
-    return enc
+OVERRIDABLE = ("eval.", "data.")
+"""Keys an evaluation may override on top of the run's config: the architecture stays the run's."""
 
 
 def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
     """(encoders, MLflow tracking URI, run id) from --run or --checkpoint."""
-    import torch
 
     from usvs_dist.config import load_config
     from usvs_dist.tracking import download_run_files, resolve_uri
@@ -115,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
+        for item in args.overrides:
+            if not item.startswith(OVERRIDABLE):
+                raise ConfigError(f"override {item!r}: only eval.* and data.* can change at evaluation")
         with tempfile.TemporaryDirectory() as tmp:
             enc, uri, run_id = _load(args, Path(tmp))
-        enc = _with_overrides(enc, args.overrides)
+        enc.cfg = apply_overrides(enc.cfg, args.overrides)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

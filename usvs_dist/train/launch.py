@@ -16,7 +16,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from usvs_dist.config import RootConfig, flatten, redact, redacted, to_dict, to_yaml
+from usvs_dist.config import ConfigError, RootConfig, flatten, redact, redacted, to_dict, to_yaml
 from usvs_dist.data import schema
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.shards import index_sha256, is_remote, load_index, split_shards
@@ -44,14 +44,17 @@ class RunResult:
 
 
 def check_config(cfg: RootConfig) -> Requirements:
-    """Checks needing the registries (config/ is the leaf and cannot see them); what the recipe reads."""
+    """Checks needing the registries (config/ is the leaf and cannot see them); what the recipe reads.
+
+    Raises ConfigError naming the key.
+    """
     needs = check_objective(cfg.objective)
     check_names(cfg.model, modalities_for(needs.outputs))
-    subclips = cfg.objective.pretext.subclips
-    if "order_logits" in needs.outputs and cfg.data.num_frames < subclips:
-        raise ValueError(
-            f"config key data.num_frames={cfg.data.num_frames} is invalid: order prediction cuts clips into "
-            f"objective.pretext.subclips={subclips} sub-clips of at least one frame"
+    pretext = cfg.objective.pretext
+    if "order_logits" in needs.outputs and cfg.data.num_frames < pretext.subclips:
+        raise ConfigError(
+            f"config key {cfg.data.key('num_frames')}={cfg.data.num_frames} is invalid: order prediction "
+            f"cuts clips into {pretext.key('subclips')}={pretext.subclips} sub-clips of at least one frame"
         )
     return needs
 
@@ -150,8 +153,8 @@ def check_data(cfg: RootConfig, shards: str | Path, log_fn=print) -> CheckedData
     """
     needs = check_config(cfg)
     if not shards:
-        raise ValueError(
-            "config key data.shards is empty: give a shard folder or URL "
+        raise ConfigError(
+            f"config key {cfg.data.key('shards')} is empty: give a shard folder or URL "
             "(the entries, e.g. `python -m usvs_dist.train`, build the phantom shards for an empty one)"
         )
     shards = str(shards) if is_remote(str(shards)) else str(Path(shards).resolve())
