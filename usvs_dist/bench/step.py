@@ -14,7 +14,7 @@ Each step is timed on two clocks: wall time, and CPU time of the worker process 
 so gloo's collective threads count for DeepSpeed). With one torch thread a step is CPU-bound, and
 CPU time leaves out the time other processes hold the core: on a loaded 2-core machine the rounds'
 wall ratios spread over 0.77-1.91, their CPU ratios over 0.99-1.18. `step_ratio` is on CPU time;
-`wall_ratio` is printed beside it, equal to it on a quiet machine.
+`wall_ratio` is printed beside it; the two should agree when the worker has a core to itself.
 
 A block's figure is the median of its step times (one step that stalls does not move it). A
 round's ratio is (ray + ray) / (plain + plain) of its four blocks: the two paths' blocks sit at
