@@ -66,7 +66,7 @@ def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: s
     labelled = index.get("labels", {}).get("clips_with_labels", 0)
     total = index.get("totals", {}).get("clips", 0)
     if labelled == 0:
-        raise ValueError(
+        raise ConfigError(
             f"objective.recipe={recipe} needs plane labels, but the shards in {redact(str(shards))} "
             "have none "
             "(index.json labels.clips_with_labels = 0); shard scans with a labels file"
@@ -94,7 +94,7 @@ def check_narration(
     clips = sum(s["clips"] for s in entries)
     narrated = sum(schema.narrated_clips(s) for s in entries)
     if clips and narrated == 0:
-        raise ValueError(
+        raise ConfigError(
             f"objective.recipe={recipe} reads the narration, but data.split={split} of "
             f"{redact(str(shards))} has "
             f"0 clips with narration and {clips} without (scans sharded without audio); train a recipe "
