@@ -174,7 +174,6 @@ def _options(args: argparse.Namespace) -> BuildOptions:
     vocabulary = getattr(args, "labels_vocabulary", None)
     if vocabulary is not None:
         opts = dataclasses.replace(opts, vocabulary=read_vocabulary(vocabulary))
-    opts.validate()
     return opts
 
 

@@ -31,13 +31,23 @@ from sharding.mask import MaskSpec
 from sharding.media import Timeline
 from sharding.runners import describe, make_runner
 from sharding.writer import JOURNAL_NAME, Journal, Resumed, SplitShards, verify_journal, write_atomic
-from usvs_format import __version__, schema
+from usvs_format import ConfigError, __version__, schema
 
 SPEECH_HIST_EDGES = [round(x, 1) for x in np.linspace(0.0, 1.0, 11)]
 
 
 class BuildError(ValueError):
     """The build cannot start (bad arguments, salt, or output folder)."""
+
+
+class OptionError(BuildError, ConfigError):
+    """A build option is invalid: a BuildError (the build cannot start) and the ConfigError that
+    every bad setting of either tool raises; the message names the command-line flag."""
+
+
+def _flag(option: str) -> str:
+    """The command-line flag of a BuildOptions or Execution field."""
+    return "--split" if option == "split_fractions" else "--" + option.replace("_", "-")
 
 
 class ShardWriteError(RuntimeError):
@@ -72,50 +82,50 @@ class BuildOptions:
     dicom_fps: float | None = None
     """Frame rate of DICOM cine loops whose file states none; None: such a scan fails."""
 
-    def validate(self) -> None:
-        """Raise BuildError naming the first invalid option."""
+    def __post_init__(self) -> None:
+        """Raise OptionError naming the flag of the first invalid option."""
         # NaN slips through range checks (every comparison with it is False) and inf passes
         # lower bounds: refuse both for every float option before its own range check.
-        for name, value in asdict(self).items():
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
             numbers = value if isinstance(value, tuple) else (value,)
-            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
-                flag = "--split" if name == "split_fractions" else "--" + name.replace("_", "-")
-                raise BuildError(f"{flag} must be a finite number, got {value}")
-        if self.clip_seconds <= 0:
-            raise BuildError(f"--clip-seconds must be > 0, got {self.clip_seconds}")
-        if self.stride_seconds < 0:
-            raise BuildError(
-                f"--stride-seconds must be > 0 (or 0: the clip length), got {self.stride_seconds}"
+            self._require(
+                not any(isinstance(x, float) and not math.isfinite(x) for x in numbers),
+                f.name,
+                "a finite number",
             )
-        if not 0.0 <= self.min_speech_ratio <= 1.0:
-            raise BuildError(f"--min-speech-ratio must be in [0, 1], got {self.min_speech_ratio}")
-        if not 1 <= self.fps <= 120:
-            raise BuildError(f"--fps must be in [1, 120], got {self.fps}")
-        if self.size < 16 or self.size % 2:
-            raise BuildError(f"--size must be an even integer >= 16, got {self.size}")
-        if (
-            len(self.split_fractions) != len(schema.SPLITS)
-            or any(f < 0 for f in self.split_fractions)
-            or not math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6)
-        ):
-            raise BuildError(
-                f"--split must be three fractions train,val,test summing to 1, got {self.split_fractions}"
-            )
-        if self.shard_clips < 1:
-            raise BuildError(f"--shard-clips must be >= 1, got {self.shard_clips}")
+        self._require(self.clip_seconds > 0, "clip_seconds", "> 0")
+        self._require(self.stride_seconds >= 0, "stride_seconds", "> 0 (or 0: the clip length)")
+        self._require(0.0 <= self.min_speech_ratio <= 1.0, "min_speech_ratio", "in [0, 1]")
+        self._require(1 <= self.fps <= 120, "fps", "in [1, 120]")
+        self._require(self.size >= 16 and not self.size % 2, "size", "an even integer >= 16")
+        self._require(
+            len(self.split_fractions) == len(schema.SPLITS)
+            and all(f >= 0 for f in self.split_fractions)
+            and math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6),
+            "split_fractions",
+            "three fractions train,val,test summing to 1",
+        )
+        self._require(self.shard_clips >= 1, "shard_clips", ">= 1")
         if not 0 < self.max_gap_seconds <= self.max_scan_seconds:
-            raise BuildError(
-                f"--max-gap-seconds {self.max_gap_seconds} and --max-scan-seconds {self.max_scan_seconds} "
-                "must satisfy 0 < gap <= scan"
+            raise OptionError(
+                f"{_flag('max_gap_seconds')} {self.max_gap_seconds} and {_flag('max_scan_seconds')} "
+                f"{self.max_scan_seconds} must satisfy 0 < gap <= scan"
             )
         try:
             MaskSpec.parse(self.mask)
         except ValueError as exc:
-            raise BuildError(str(exc)) from None
+            raise OptionError(str(exc)) from None
         low, high = DICOM_FPS_RANGE
-        fps = self.dicom_fps
-        if fps is not None and not (math.isfinite(fps) and low <= fps <= high):
-            raise BuildError(f"--dicom-fps must be a frame rate in [{low:g}, {high:g}] frames/s, got {fps}")
+        self._require(
+            self.dicom_fps is None or low <= self.dicom_fps <= high,
+            "dicom_fps",
+            f"a frame rate in [{low:g}, {high:g}] frames/s",
+        )
+
+    def _require(self, ok: bool, name: str, expected: str) -> None:
+        if not ok:
+            raise OptionError(f"{_flag(name)} must be {expected}, got {getattr(self, name)}")
 
     def clip_options(self) -> ClipOptions:
         """The options a scan task needs."""
@@ -146,6 +156,11 @@ class Execution:
     isolate: bool = False
     """With one worker, cut scans in a worker process anyway, so a crash costs only its scan
     (the CLI's default; in this process is for tests and debuggers)."""
+
+    def __post_init__(self) -> None:
+        """Raise OptionError when there is no worker to cut scans."""
+        if self.workers < 1:
+            raise OptionError(f"{_flag('workers')} must be >= 1, got {self.workers}")
 
 
 def _plan(rows: list[ScanRow], salt: bytes, opts: BuildOptions) -> tuple[list[ScanTask], dict[int, dict]]:
@@ -264,9 +279,6 @@ def build(
     The salt comes from `salt_file` or $USVS_SHARD_SALT (see deid.read_salt). An interrupted
     build into the same folder with the same manifest and options resumes.
     """
-    opts.validate()
-    if execution.workers < 1:
-        raise BuildError(f"--workers must be >= 1, got {execution.workers}")
     rows = read_manifest(manifest)
     try:
         salt = read_salt(salt_file)

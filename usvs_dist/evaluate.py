@@ -16,29 +16,21 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from usvs_dist.config import ConfigError, from_dict, redact, to_dict
+from usvs_dist.config import ConfigError, apply_overrides, redact
 from usvs_dist.eval import report, tasks
-from usvs_dist.eval.clips import load_clips
+from usvs_dist.eval.clips import ClipSet
 from usvs_dist.eval.encoders import RUN_FILE, Encoders, build_encoders, from_checkpoint, random_twin
 
 log = logging.getLogger("usvs_dist.evaluate")
 
 
-def _with_overrides(enc: Encoders, overrides: list[str]) -> Encoders:
-    """eval.* and data.* overrides on top of the run's config (the architecture stays the run's)."""
-    for item in overrides:
-        if not item.startswith(("eval.", "data.")):
-            raise ConfigError(f"override {item!r}: only eval.* and data.* can change at evaluation")
-    tree = OmegaConf.merge(OmegaConf.create(to_dict(enc.cfg)), OmegaConf.from_dotlist(overrides))
-    enc.cfg = from_dict(OmegaConf.to_container(tree))
-    return enc
+OVERRIDABLE = ("eval.", "data.")
+"""Keys an evaluation may override on top of the run's config: the architecture stays the run's."""
 
 
 def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
     """(encoders, MLflow tracking URI, run id) from --run or --checkpoint."""
-    import torch
 
     from usvs_dist.config import load_config
     from usvs_dist.tracking import download_run_files, resolve_uri
@@ -63,44 +55,22 @@ def evaluate(enc: Encoders, location: str, which: list[str], protocols: tuple[st
     cfg = enc.cfg
     random = random_twin(enc)
     results: dict[str, dict[str, float]] = {"pretrained": {}, "random": {}}
-    sets, figures = {}, []
-    if {"planes", "saliency"} & set(which):
-        # Planes and saliency read no narration: clips of video-only scans count too.
-        clips = load_clips(cfg.data, location, list(cfg.eval.plane_splits), cfg.eval.max_clips, audio=False)
-        classes = clips.vocabulary.classes
-        counts = torch.bincount(clips.image_label[clips.image_label >= 0], minlength=len(classes)).tolist()
-        sets["planes/saliency"] = (
-            f"{len(clips)} clips of {len(set(clips.scan))} scans ({', '.join(cfg.eval.plane_splits)}), "
-            f"{cfg.eval.folds}-fold cross-validation by scan; {len(classes)} classes (clips): "
-            + ", ".join(f"{name} ({n})" for name, n in zip(classes, counts, strict=True))
-        )
-        if "planes" in which:
-            for name, e in (("pretrained", enc), ("random", random)):
-                metrics, confusions = tasks.planes(e, clips, protocols)
-                results[name].update(metrics)
-                if name == "pretrained":
-                    for (modality, protocol), confusion in confusions.items():
-                        figures.append(
-                            report.confusion_figure(
-                                confusion,
-                                f"{modality} encoder, {protocol}",
-                                out / f"confusion_{modality}_{protocol}.png",
-                                classes,
-                            )
-                        )
-        if "saliency" in which:
-            for name, e in (("pretrained", enc), ("random", random)):
-                metrics, examples = tasks.gaze_saliency(e, clips)
-                results[name].update(metrics)
-                if name == "pretrained" and examples is not None:
-                    rows, pred, truth = examples
-                    frames = clips.image[rows, 0]
-                    figures.append(report.saliency_figure(frames, pred, truth, out / "saliency_examples.png"))
-    if "retrieval" in which:
-        val = load_clips(cfg.data, location, [cfg.eval.retrieval_split], cfg.eval.max_clips, audio=True)
-        sets["retrieval"] = f"{len(val)} clips with narration of the {cfg.eval.retrieval_split} split"
-        for name, e in (("pretrained", enc), ("random", random)):
-            results[name].update(tasks.retrieval(e, val))
+    sets: dict[str, str] = {}
+    loaded: dict[str, ClipSet] = {}
+    figures: list[Path] = []
+    for name, task in tasks.TASKS.items():
+        if name not in which:
+            continue
+        source = task.clips
+        if source.label not in loaded:
+            loaded[source.label] = source.load(cfg, location, cfg.eval.max_clips)
+            sets[source.label] = source.describe(loaded[source.label], cfg)
+        clips = loaded[source.label]
+        for side, e in (("pretrained", enc), ("random", random)):
+            metrics, drawn = task.run(e, clips, protocols)
+            results[side].update(metrics)
+            if side == "pretrained" and task.figures is not None:
+                figures += task.figures(drawn, clips, out)
     text = report.markdown(results["pretrained"], results["random"], enc.source, sets)
     (out / "report.md").write_text(text)
     return {
@@ -138,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
+        for item in args.overrides:
+            if not item.startswith(OVERRIDABLE):
+                raise ConfigError(f"override {item!r}: only eval.* and data.* can change at evaluation")
         with tempfile.TemporaryDirectory() as tmp:
             enc, uri, run_id = _load(args, Path(tmp))
-        enc = _with_overrides(enc, args.overrides)
+        enc.cfg = apply_overrides(enc.cfg, args.overrides)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

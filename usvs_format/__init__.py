@@ -2,9 +2,10 @@
 
 A leaf of the import graph: standard library only, importing neither `sharding` nor `usvs_dist`
 (tests/test_import_graph.py holds it to that). The contract is `usvs_format.schema`; its names
-are re-exported here.
+are re-exported here, with `ConfigError`, the error of a bad setting in either tool.
 """
 
+from usvs_format.errors import ConfigError
 from usvs_format.schema import (
     ANATOMIES,
     AUDIO_RATE,
@@ -41,6 +42,7 @@ from usvs_format.schema import (
 
 __all__ = [
     "__version__",
+    "ConfigError",
     "FORMAT_VERSION",
     "INDEX_NAME",
     "SPLITS",

@@ -134,3 +134,64 @@ def test_non_finite_numbers_are_refused_naming_the_key(overrides, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="expected a finite number"):
         from_dict({"optim": {"lr": float("inf")}})  # the tree Ray workers and sweeps rebuild from
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["objective.self_paced.schedule=exp"],
+            "config key objective.self_paced.schedule='exp' is invalid: expected one of linear, cosine, step",
+        ),
+        (["train.placement_strategy=pack"], "config key train.placement_strategy='pack' is invalid"),
+        (["data.channels=2"], "config key data.channels=2 is invalid: expected one of 1, 3"),
+        (
+            ["eval.plane_splits=[train,dev]"],
+            "config key eval.plane_splits[1]='dev' is invalid: expected one of train, val, test",
+        ),
+    ],
+)
+def test_a_choice_outside_its_literal_is_refused_at_merge_naming_the_full_key(overrides, message):
+    from omegaconf.errors import ValidationError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value.__cause__, ValidationError)  # OmegaConf's merge refused it
+    with pytest.raises(ConfigError, match="objective.self_paced.schedule='exp'"):
+        from_dict({"objective": {"self_paced": {"schedule": "exp"}}})  # the tree workers rebuild from
+
+
+def test_sections_built_in_code_check_their_choices_and_ranges_under_their_full_key():
+    from usvs_dist.config import AugmentConfig, OptimConfig
+
+    with pytest.raises(ConfigError, match=r"^config key optim.name='lamb' is invalid: expected one of adamw"):
+        OptimConfig(name="lamb")
+    with pytest.raises(ConfigError, match=r"^config key data.augment.brightness=1.5 is invalid: expected in"):
+        AugmentConfig(brightness=1.5)
+
+
+def test_section_keys_are_where_the_sections_sit_in_the_tree():
+    from usvs_dist import config
+    from usvs_dist.config.schema import Split, choice_fields
+    from usvs_format import SPLITS
+
+    expected = {
+        "RootConfig": "",
+        "DataConfig": "data",
+        "AugmentConfig": "data.augment",
+        "PhantomConfig": "phantom",
+        "ModelConfig": "model",
+        "ObjectiveConfig": "objective",
+        "SelfPacedConfig": "objective.self_paced",
+        "PretextConfig": "objective.pretext",
+        "AnatomyConfig": "objective.anatomy",
+        "OptimConfig": "optim",
+        "TrainConfig": "train",
+        "TrackingConfig": "tracking",
+        "EvalConfig": "eval",
+    }
+    assert {name: getattr(config, name).KEY for name in expected} == expected
+    assert config.PretextConfig().key("subclips") == "objective.pretext.subclips"
+    assert choice_fields(config.DataConfig)["split"] == (SPLITS, False)
+    assert Split.__args__ == SPLITS  # the Literal restates the shard format's splits

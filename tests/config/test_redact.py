@@ -6,8 +6,17 @@ import hashlib
 
 import pytest
 
-from usvs_dist.config import env_sources, flatten, from_dict, load_config, redact, redacted, to_dict, to_yaml
-from usvs_dist.tune.space import with_params
+from usvs_dist.config import (
+    apply_overrides,
+    env_sources,
+    flatten,
+    from_dict,
+    load_config,
+    redact,
+    redacted,
+    to_dict,
+    to_yaml,
+)
 
 PIPE = "pipe:aws s3 cp s3://bucket/train-000000.tar - --profile ops"
 
@@ -88,8 +97,8 @@ def test_env_sources_survive_the_trip_to_workers_and_sweep_trials(monkeypatch):
     monkeypatch.setenv("USVS_TEST_SHARDS", "/private/shards")
     base = from_dict({"data": {"shards": "${oc.env:USVS_TEST_SHARDS}"}})  # a sweep file's base
     assert env_sources(base) == {"data.shards": "${oc.env:USVS_TEST_SHARDS}"}
-    trial = with_params(from_dict(to_dict(base), env_sources(base)), {"objective.temperature": 0.2})
+    trial = apply_overrides(from_dict(to_dict(base), env_sources(base)), {"objective.temperature": 0.2})
     assert trial.data.shards == "/private/shards" and trial.objective.temperature == 0.2
     assert flatten(redacted(trial))["data.shards"] == "${oc.env:USVS_TEST_SHARDS}"
-    swept = with_params(base, {"data.shards": "/other"})
+    swept = apply_overrides(base, {"data.shards": "/other"})
     assert env_sources(swept) == {}

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from usvs_dist.config import load_config
-from usvs_dist.losses import TERMS, check_objective, info_nce, objective_parts, total_loss
+from usvs_dist.config import ConfigError, flatten, load_config
+from usvs_dist.losses import (
+    ALWAYS_READ,
+    RECIPES,
+    TERMS,
+    check_objective,
+    info_nce,
+    objective_parts,
+    recipe_reads,
+    total_loss,
+)
 from usvs_dist.losses.triplet import hardest_triplet
 
 
@@ -109,3 +120,46 @@ def test_custom_needs_terms_and_terms_need_custom():
         load_config(None, ["objective.recipe=custom"])
     with pytest.raises(ValueError, match="objective.terms"):
         load_config(None, ["objective.terms=[{term: va_nce}]"])
+
+
+def test_declared_config_keys_drive_recipe_reads(monkeypatch):
+    def reads(recipe: str, key: str, *overrides: str) -> bool:
+        return recipe_reads(load_config(None, [f"objective.recipe={recipe}", *overrides]).objective, key)
+
+    # objective.pi is declared by dual2024's parts, not by any term.
+    assert reads("dual2024", "objective.pi") and not reads("usvs2020", "objective.pi")
+    assert reads("usvs2020", "objective.self_paced.kappa") and not reads(
+        "dual2024", "objective.self_paced.kappa"
+    )
+    assert reads("dual2024", "objective.margin") and not reads("usvs2020", "objective.margin")
+    assert reads("awcl2022", "objective.temperature") and not reads("awcl2022", "objective.symmetric")
+    assert reads("isbi2020", "objective.pretext.transform_weight") and not reads(
+        "isbi2020", "objective.anatomy"
+    )
+    assert reads("dual2024", "objective.weights.mmcl_a") and not reads("usvs2020", "objective.weights.mmcl_a")
+    assert reads("usvs2020", "train.steps")
+    custom = ("objective.recipe=custom", "objective.terms=[{term: order_ce}]")
+    assert reads("custom", "objective.pretext.subclips", *custom[1:])
+    assert not reads("custom", "objective.pretext.rotations", *custom[1:])
+    # The declaration is the only source: a term that declares a key makes its recipes read it.
+    monkeypatch.setitem(
+        TERMS, "va_selfpaced_nce", replace(TERMS["va_selfpaced_nce"], reads=("objective.margin",))
+    )
+    assert reads("usvs2020", "objective.margin") and not reads("usvs2020", "objective.temperature")
+
+
+def test_every_objective_key_is_declared_by_a_term_or_recipe():
+    declared = {
+        *ALWAYS_READ,
+        *(k for t in TERMS.values() for k in t.reads),
+        *(k for r in RECIPES.values() for k in r.reads),
+    }
+    keys = [k for k in flatten(load_config(None, [])) if k.startswith("objective.")]
+    assert keys
+    for key in keys:
+        assert any(key == k or key.startswith(f"{k}.") for k in declared), key
+
+
+def test_bad_objectives_are_config_errors():
+    with pytest.raises(ConfigError, match="objective.recipe='simclr'"):
+        check_objective(load_config(None, ["objective.recipe=simclr"]).objective)

@@ -58,6 +58,54 @@ def test_bad_search_spaces_are_refused_naming_the_parameter(space, message, tmp_
         load_sweep(path)
 
 
+TEMPERATURE = {"objective.temperature": {"type": "uniform", "low": 0.1, "high": 0.2}}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        (
+            {"search": "bayes", "space": TEMPERATURE},
+            "config key sweep.search='bayes' is invalid: expected one of grid, random, optuna",
+        ),
+        (
+            {"mode": "up", "space": TEMPERATURE},
+            "config key sweep.mode='up' is invalid: expected one of min, max",
+        ),
+        ({"num_samples": 0, "space": TEMPERATURE}, "config key sweep.num_samples=0 is invalid"),
+        (
+            {"asha": {"grace_period": 0}, "space": TEMPERATURE},
+            "config key sweep.asha.grace_period=0 is invalid",
+        ),
+        ({"asha": {"patience": 3}, "space": TEMPERATURE}, "unknown config key 'sweep.asha.patience'"),
+        ({"serach": "grid", "space": TEMPERATURE}, "unknown config key 'sweep.serach'"),
+        (
+            {"space": {"objective.temperature": {"type": "normal", "low": 0.1, "high": 0.2}}},
+            "sweep.space.objective.temperature.type='normal' is invalid: expected one of loguniform",
+        ),
+        (
+            {"space": {"objective.temperature": {"type": "grid", "values": [0.1, 0.2]}}},
+            "config key sweep.search='random' is invalid: expected grid",
+        ),
+        ({"metric": "eval/retrieval/v2a_r1", "space": TEMPERATURE}, "base.eval.every > 0"),
+        ({"space": {}}, "config key sweep.space={} is invalid"),
+    ],
+)
+def test_the_sweep_section_is_a_typed_config_refused_naming_the_key(sweep, message, tmp_path):
+    path = _write(tmp_path / "s.yaml", sweep, {})
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_valid_sweep_section_is_typed(tmp_path):
+    sweep = {"asha": {"grace_period": 3}, "space": TEMPERATURE}
+    loaded = load_sweep(_write(tmp_path / "s.yaml", sweep, {}))
+    assert loaded.name == "s" and loaded.search == "random" and loaded.asha.grace_period == 3
+    assert loaded.asha.reduction_factor == 2.0 and loaded.space["objective.temperature"].high == 0.2
+
+
 def test_a_bad_sweep_exits_2_before_any_trial(tmp_path):
     path = _write(
         tmp_path / "s.yaml", {"space": {"objective.pi": {"type": "uniform", "low": 0, "high": 1}}}, {}

@@ -1,4 +1,4 @@
-"""`python -m usvs_dist.bench step [--steps N] [--warmup N] [section.key=value ...]` and
+"""`python -m usvs_dist.bench step [--rounds R] [--steps N] [--warmup W] [section.key=value ...]` and
 `python -m usvs_dist.bench loss [--world W] [--batch B] [--dim D] [--device cpu|cuda]` and
 `python -m usvs_dist.bench loader [SHARDS] [--clips N] [section.key=value ...]` and
 `python -m usvs_dist.bench batches [SHARDS] [--world W] [--epochs E] [section.key=value ...]`."""
@@ -16,8 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     step = sub.add_parser(
         "step", help="a training step: Ray Train + DeepSpeed vs plain PyTorch (1 CPU worker)"
     )
-    step.add_argument("--steps", type=int, default=30)
-    step.add_argument("--warmup", type=int, default=5)
+    step.add_argument("--rounds", type=int, default=30, help="timed rounds of 4 blocks (P R R P)")
+    step.add_argument("--steps", type=int, default=5, help="steps per block")
+    step.add_argument("--warmup", type=int, default=2, help="rounds run first and discarded")
     step.add_argument("overrides", nargs="*", metavar="section.key=value")
     loss = sub.add_parser("loss", help="gathered (B_local x N) vs naive global (N x N) losses: memory, time")
     loss.add_argument("--world", type=int, default=2, help="ranks W")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.bench == "step":
         from usvs_dist.bench import step as step_bench
 
-        step_bench.run(args.overrides, args.steps, args.warmup)
+        step_bench.run(args.overrides, args.rounds, args.steps, args.warmup)
     else:
         from usvs_dist.bench import loss as loss_bench
 

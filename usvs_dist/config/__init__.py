@@ -1,6 +1,14 @@
-"""Typed configuration: dataclass tree, YAML + dotlist loading, validation, flattening, redaction."""
+"""Typed configuration: dataclass tree, YAML + dotlist loading, overrides, validation, redaction."""
 
-from usvs_dist.config.load import flatten, from_dict, load_config, to_dict, to_yaml
+from usvs_dist.config.load import (
+    apply_overrides,
+    flatten,
+    from_dict,
+    from_tree,
+    load_config,
+    to_dict,
+    to_yaml,
+)
 from usvs_dist.config.redact import env_sources, redact, redacted
 from usvs_dist.config.schema import (
     AnatomyConfig,
@@ -14,10 +22,13 @@ from usvs_dist.config.schema import (
     PhantomConfig,
     PretextConfig,
     RootConfig,
+    Section,
     SelfPacedConfig,
     TermConfig,
     TrackingConfig,
     TrainConfig,
+    check_choices,
+    name_sections,
 )
 
 __all__ = [
@@ -32,14 +43,19 @@ __all__ = [
     "PhantomConfig",
     "PretextConfig",
     "RootConfig",
+    "Section",
     "SelfPacedConfig",
     "TermConfig",
     "TrackingConfig",
     "TrainConfig",
+    "apply_overrides",
+    "check_choices",
     "env_sources",
     "flatten",
     "from_dict",
+    "from_tree",
     "load_config",
+    "name_sections",
     "redact",
     "redacted",
     "to_dict",

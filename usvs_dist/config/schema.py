@@ -2,36 +2,112 @@
 
 The defaults *are* the CPU quickstart (`configs/quickstart.yaml` restates them, and a test keeps
 the two equal), so `python -m usvs_dist.train` with no arguments runs on embedded defaults.
-Each section validates itself in `__post_init__`; errors name the full key and what was expected.
+
+Every section is a `Section`: choice fields are typed `Literal[...]` and refused outside it
+(by OmegaConf while the tree is merged, and again in `__post_init__` for sections built in code);
+each section's `check` then runs its range checks. A section's dotted key (`data.augment`) is
+derived from where it sits in the tree (`name_sections`), so errors name the full key without any
+check retyping it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
-from usvs_format import SPLITS
+from usvs_format import SPLITS, ConfigError
 
-DECODE_DEVICES = ("auto", "cpu", "gpu")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "constant")
-SELF_PACED_SCHEDULES = ("linear", "cosine", "step")
-AFFINITIES = ("mean", "video", "audio")
-GRANULARITIES = ("fine", "coarse")
-PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+Split = Literal["train", "val", "test"]
+"""A split of the shard format (usvs_format.SPLITS; a test keeps the two equal)."""
 
 
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the full key."""
+def invalid(key: str, value: object, expected: str) -> ConfigError:
+    """The one-line error of a config value: `config key a.b=value is invalid: expected ...`."""
+    return ConfigError(f"config key {key}={value!r} is invalid: expected {expected}")
+
+
+def one_of(allowed: tuple[Any, ...]) -> str:
+    """`one of a, b, c`: what a choice field expects."""
+    return f"one of {', '.join(str(a) for a in allowed)}"
 
 
 def _check(ok: bool, key: str, value: object, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"config key {key}={value!r} is invalid: expected {expected}")
+        raise invalid(key, value, expected)
+
+
+@functools.cache
+def choice_fields(cls: type) -> dict[str, tuple[tuple[Any, ...], bool]]:
+    """{field: (allowed values, whether the field is a list of them)} of a dataclass's `Literal` fields."""
+    hints = get_type_hints(cls)
+    found = {}
+    for f in dataclasses.fields(cls):
+        hint, is_list = hints[f.name], False
+        if get_origin(hint) is list:
+            (hint,), is_list = get_args(hint), True
+        if get_origin(hint) is Literal:
+            found[f.name] = (get_args(hint), is_list)
+    return found
+
+
+def check_choices(obj: Any, prefix: str) -> None:
+    """ConfigError for the first `Literal` field of dataclass `obj` holding a value outside it.
+
+    `prefix` is the dotted key of `obj` ("" at the root). Lists of choices are checked item by item.
+    """
+    for name, (allowed, is_list) in choice_fields(type(obj)).items():
+        value = getattr(obj, name)
+        key = f"{prefix}.{name}" if prefix else name
+        if is_list:
+            _check(all(v in allowed for v in value), key, value, f"a list of {', '.join(map(str, allowed))}")
+        else:
+            _check(value in allowed, key, value, one_of(allowed))
+
+
+class Section:
+    """Base of the config sections (each a dataclass): its dotted key, and checks that name it.
+
+    `__post_init__` refuses a choice outside its `Literal`, then runs the section's own `check`.
+    """
+
+    KEY: ClassVar[str] = ""
+    """Dotted key of the section in its tree (`data.augment`); set by `name_sections`."""
+
+    def __post_init__(self) -> None:
+        check_choices(self, self.KEY)
+        self.check()
+
+    def check(self) -> None:
+        """The section's own checks (ranges, relations between its fields); none by default."""
+
+    def key(self, name: str) -> str:
+        """The full dotted key of this section's field `name` (or of a path below it)."""
+        return f"{self.KEY}.{name}" if self.KEY else name
+
+    def require(self, ok: bool, name: str, expected: str) -> None:
+        """ConfigError naming field `name`'s full key, its value and `expected`, unless `ok`."""
+        _check(ok, self.key(name), getattr(self, name), expected)
+
+
+def name_sections(root: type[Section], key: str = "") -> None:
+    """Give `root` and every section under it (a field typed as a Section, optional or not) its
+    dotted KEY: where it sits in the tree whose root key is `key`."""
+    assert root.__dict__.get("KEY", key) == key, f"{root.__name__} sits at two keys"
+    root.KEY = key
+    hints = get_type_hints(root)
+    for f in dataclasses.fields(root):
+        hint = hints[f.name]
+        types = [t for t in get_args(hint) if t is not type(None)] or [hint]
+        for t in types:
+            if isinstance(t, type) and issubclass(t, Section):
+                name_sections(t, f"{key}.{f.name}" if key else f.name)
 
 
 @dataclass(kw_only=True)
-class PhantomConfig:
+class PhantomConfig(Section):
     """Phantom data set built into the local cache when `data.shards` is empty."""
 
     cache_dir: str = "~/.cache/usvs_dist"
@@ -52,24 +128,22 @@ class PhantomConfig:
     size: int = 64
     """Frame side length stored in the shards (square)."""
 
-    def __post_init__(self) -> None:
-        _check(self.scans >= 2, "phantom.scans", self.scans, "an integer >= 2")
-        _check(
+    def check(self) -> None:
+        """Scan count and length, speech share and the stored clip format."""
+        self.require(self.scans >= 2, "scans", "an integer >= 2")
+        self.require(
             self.seconds >= 2 * self.clip_seconds,
-            "phantom.seconds",
-            self.seconds,
-            f">= 2 x phantom.clip_seconds ({2 * self.clip_seconds})",
+            "seconds",
+            f">= 2 x {self.key('clip_seconds')} ({2 * self.clip_seconds})",
         )
-        _check(
-            0.0 <= self.speech_share <= 1.0, "phantom.speech_share", self.speech_share, "a fraction in [0, 1]"
-        )
-        _check(self.clip_seconds > 0, "phantom.clip_seconds", self.clip_seconds, "> 0")
-        _check(1.0 <= self.fps <= 60.0, "phantom.fps", self.fps, "in [1, 60]")
-        _check(16 <= self.size <= 512, "phantom.size", self.size, "in [16, 512]")
+        self.require(0.0 <= self.speech_share <= 1.0, "speech_share", "a fraction in [0, 1]")
+        self.require(self.clip_seconds > 0, "clip_seconds", "> 0")
+        self.require(1.0 <= self.fps <= 60.0, "fps", "in [1, 60]")
+        self.require(16 <= self.size <= 512, "size", "in [16, 512]")
 
 
 @dataclass(kw_only=True)
-class AugmentConfig:
+class AugmentConfig(Section):
     """Clip augmentation in the training loader; also makes awcl2022's two views of a frame."""
 
     enabled: bool = True
@@ -83,24 +157,20 @@ class AugmentConfig:
     flip: bool = False
     """Random horizontal flip (off by default: probe side and situs carry meaning in fetal scans)."""
 
-    def __post_init__(self) -> None:
-        _check(
-            0.05 <= self.crop_min_scale <= 1.0,
-            "data.augment.crop_min_scale",
-            self.crop_min_scale,
-            "in [0.05, 1]",
-        )
-        _check(0.0 <= self.brightness < 1.0, "data.augment.brightness", self.brightness, "in [0, 1)")
-        _check(0.0 <= self.contrast < 1.0, "data.augment.contrast", self.contrast, "in [0, 1)")
+    def check(self) -> None:
+        """Crop scale and jitter ranges."""
+        self.require(0.05 <= self.crop_min_scale <= 1.0, "crop_min_scale", "in [0.05, 1]")
+        self.require(0.0 <= self.brightness < 1.0, "brightness", "in [0, 1)")
+        self.require(0.0 <= self.contrast < 1.0, "contrast", "in [0, 1)")
 
 
 @dataclass(kw_only=True)
-class DataConfig:
+class DataConfig(Section):
     """Shard stream, decoding and the tensors a batch holds."""
 
     shards: str = ""
     """Folder or URL (s3://, gs://, ...: fsspec) of index.json and the shards; empty: the phantom cache."""
-    split: str = "train"
+    split: Split = "train"
     """Split to train on (train, val or test)."""
     batch_size: int = 8
     """Clips per rank per step (the micro-batch); the global batch is this x world size."""
@@ -108,7 +178,7 @@ class DataConfig:
     """Frames T sampled uniformly from each clip (the papers use 14)."""
     frame_size: int = 64
     """Side of the square frames fed to the encoders (the papers use 128)."""
-    channels: int = 1
+    channels: Literal[1, 3] = 1
     """1 for grey, 3 to replicate grey into RGB-shaped stems."""
     sample_rate: int = 16000
     """Audio rate the narration is decoded at."""
@@ -135,7 +205,7 @@ class DataConfig:
     """Draw shards with replacement each epoch (clips may repeat) instead of exact epochs."""
     decode_threads: int = 1
     """Decord threads per reader; more than 2 per loader worker oversubscribes cores."""
-    decode_device: str = "auto"
+    decode_device: Literal["auto", "cpu", "gpu"] = "auto"
     """auto: GPU when Decord has CUDA and a GPU is used, else CPU (with a warning); cpu; gpu."""
     max_bad_fraction: float = 0.05
     """Share of undecodable samples a loader worker tolerates (skipped, counted) before the run stops."""
@@ -143,51 +213,32 @@ class DataConfig:
     """Seed of shard and sample shuffling (the rank is mixed in for samples)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    def __post_init__(self) -> None:
-        _check(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
-        _check(
-            self.batch_size >= 2,
-            "data.batch_size",
-            self.batch_size,
-            "an integer >= 2 (contrastive losses need negatives)",
+    def check(self) -> None:
+        """Batch, frame and log-mel settings, loader and decoder counts."""
+        self.require(
+            self.batch_size >= 2, "batch_size", "an integer >= 2 (contrastive losses need negatives)"
         )
-        _check(self.num_frames >= 1, "data.num_frames", self.num_frames, "an integer >= 1")
-        _check(self.frame_size >= 16, "data.frame_size", self.frame_size, "an integer >= 16")
-        _check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
-        _check(self.sample_rate > 0, "data.sample_rate", self.sample_rate, "> 0")
-        _check(self.n_fft >= 16, "data.n_fft", self.n_fft, "an integer >= 16")
-        _check(
-            0 < self.hop_length <= self.n_fft,
-            "data.hop_length",
-            self.hop_length,
-            f"in (0, data.n_fft={self.n_fft}]",
+        self.require(self.num_frames >= 1, "num_frames", "an integer >= 1")
+        self.require(self.frame_size >= 16, "frame_size", "an integer >= 16")
+        self.require(self.sample_rate > 0, "sample_rate", "> 0")
+        self.require(self.n_fft >= 16, "n_fft", "an integer >= 16")
+        self.require(
+            0 < self.hop_length <= self.n_fft, "hop_length", f"in (0, {self.key('n_fft')}={self.n_fft}]"
         )
-        _check(self.n_mels >= 1, "data.n_mels", self.n_mels, "an integer >= 1")
-        _check(
+        self.require(self.n_mels >= 1, "n_mels", "an integer >= 1")
+        self.require(
             0 <= self.f_min < self.f_max <= self.sample_rate / 2,
-            "data.f_max",
-            self.f_max,
+            "f_max",
             f"f_min < f_max <= sample_rate/2 ({self.sample_rate / 2})",
         )
-        _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
-        _check(self.interleave >= 1, "data.interleave", self.interleave, ">= 1")
-        _check(self.decode_threads >= 0, "data.decode_threads", self.decode_threads, ">= 0")
-        _check(
-            self.decode_device in DECODE_DEVICES,
-            "data.decode_device",
-            self.decode_device,
-            f"one of {', '.join(DECODE_DEVICES)}",
-        )
-        _check(
-            0.0 <= self.max_bad_fraction < 1.0,
-            "data.max_bad_fraction",
-            self.max_bad_fraction,
-            "a fraction in [0, 1)",
-        )
+        self.require(self.loader_workers >= 0, "loader_workers", ">= 0")
+        self.require(self.interleave >= 1, "interleave", ">= 1")
+        self.require(self.decode_threads >= 0, "decode_threads", ">= 0")
+        self.require(0.0 <= self.max_bad_fraction < 1.0, "max_bad_fraction", "a fraction in [0, 1)")
 
 
 @dataclass(kw_only=True)
-class ModelConfig:
+class ModelConfig(Section):
     """Encoders, projection heads, fusion and pretext heads (built as the recipe needs them)."""
 
     video: str = "tiny3d"
@@ -209,99 +260,76 @@ class ModelConfig:
     image_weights: str = ""
     """Optional local file of image-encoder weights."""
 
-    def __post_init__(self) -> None:
-        _check(self.width >= 1, "model.width", self.width, "an integer >= 1")
-        _check(self.embed_dim >= 2, "model.embed_dim", self.embed_dim, "an integer >= 2")
-        _check(self.head_hidden >= 1, "model.head_hidden", self.head_hidden, "an integer >= 1")
+    def check(self) -> None:
+        """Widths and sizes (encoder names: models.check_names)."""
+        self.require(self.width >= 1, "width", "an integer >= 1")
+        self.require(self.embed_dim >= 2, "embed_dim", "an integer >= 2")
+        self.require(self.head_hidden >= 1, "head_hidden", "an integer >= 1")
 
 
 @dataclass(kw_only=True)
-class SelfPacedConfig:
+class SelfPacedConfig(Section):
     """usvs2020's affinity-aware self-paced negatives (the schedule Tune sweeps; docs/methods.md)."""
 
     lambda0: float = 0.5
     """Share lambda(0) of each anchor's negatives admitted at the start, lowest affinity first."""
     kappa: float = 0.9
     """Affinity above which a negative is always excluded as a likely positive."""
-    schedule: str = "linear"
+    schedule: Literal["linear", "cosine", "step"] = "linear"
     """How lambda grows from lambda0 to 1: linear, cosine or step."""
     ramp_fraction: float = 0.5
     """Share of train.steps over which lambda reaches 1 (project default: the first half)."""
     stages: int = 4
     """Equal stairs of the step schedule."""
-    affinity: str = "mean"
+    affinity: Literal["mean", "video", "audio"] = "mean"
     """Affinity A_kj: mean of the video-video and audio-audio cosines, or video or audio alone."""
 
-    def __post_init__(self) -> None:
-        _check(0.0 <= self.lambda0 <= 1.0, "objective.self_paced.lambda0", self.lambda0, "in [0, 1]")
-        _check(-1.0 < self.kappa <= 1.0, "objective.self_paced.kappa", self.kappa, "in (-1, 1]")
-        _check(
-            self.schedule in SELF_PACED_SCHEDULES,
-            "objective.self_paced.schedule",
-            self.schedule,
-            f"one of {', '.join(SELF_PACED_SCHEDULES)}",
-        )
-        _check(
-            0.0 < self.ramp_fraction <= 1.0,
-            "objective.self_paced.ramp_fraction",
-            self.ramp_fraction,
-            "in (0, 1]",
-        )
-        _check(self.stages >= 1, "objective.self_paced.stages", self.stages, "an integer >= 1")
-        _check(
-            self.affinity in AFFINITIES,
-            "objective.self_paced.affinity",
-            self.affinity,
-            f"one of {', '.join(AFFINITIES)}",
-        )
+    def check(self) -> None:
+        """lambda0, kappa, the ramp and its stairs."""
+        self.require(0.0 <= self.lambda0 <= 1.0, "lambda0", "in [0, 1]")
+        self.require(-1.0 < self.kappa <= 1.0, "kappa", "in (-1, 1]")
+        self.require(0.0 < self.ramp_fraction <= 1.0, "ramp_fraction", "in (0, 1]")
+        self.require(self.stages >= 1, "stages", "an integer >= 1")
 
 
 @dataclass(kw_only=True)
-class PretextConfig:
+class PretextConfig(Section):
     """isbi2020's pretext tasks: sub-clip order and geometric transformation prediction."""
 
     subclips: int = 3
     """Sub-clips K a clip is cut into for order prediction (each gets num_frames // K frames)."""
     permutations: int = 0
     """Orders P to classify; 0: all K!, else the first P in lexicographic order."""
-    rotations: int = 4
+    rotations: Literal[2, 4] = 4
     """Rotations to classify: 4 (0/90/180/270 degrees) or 2 (0/180)."""
     transform_weight: float = 1.0
     """w in L = CE_order + w CE_transform."""
 
-    def __post_init__(self) -> None:
-        _check(2 <= self.subclips <= 5, "objective.pretext.subclips", self.subclips, "an integer in [2, 5]")
-        _check(
+    def check(self) -> None:
+        """Sub-clips, permutations of them, and the transform weight."""
+        self.require(2 <= self.subclips <= 5, "subclips", "an integer in [2, 5]")
+        self.require(
             self.permutations == 0 or 2 <= self.permutations <= math.factorial(self.subclips),
-            "objective.pretext.permutations",
-            self.permutations,
+            "permutations",
             f"0 (all) or in [2, {math.factorial(self.subclips)}] for {self.subclips} sub-clips",
         )
-        _check(self.rotations in (2, 4), "objective.pretext.rotations", self.rotations, "2 or 4")
-        _check(
-            self.transform_weight >= 0, "objective.pretext.transform_weight", self.transform_weight, ">= 0"
-        )
+        self.require(self.transform_weight >= 0, "transform_weight", ">= 0")
 
 
 @dataclass(kw_only=True)
-class AnatomyConfig:
+class AnatomyConfig(Section):
     """awcl2022's anatomy-aware positives (needs plane labels in the shards)."""
 
-    granularity: str = "fine"
+    granularity: Literal["fine", "coarse"] = "fine"
     """fine: same standard plane; coarse: same anatomy (heart, brain, spine, ...)."""
     ratio: float = 0.5
     """Anatomy ratio: share of each anchor's positive weight on other samples of its anatomy."""
     background_positive: bool = False
     """Count two background frames as an anatomy pair (off: background is not an anatomy)."""
 
-    def __post_init__(self) -> None:
-        _check(
-            self.granularity in GRANULARITIES,
-            "objective.anatomy.granularity",
-            self.granularity,
-            f"one of {', '.join(GRANULARITIES)}",
-        )
-        _check(0.0 <= self.ratio <= 1.0, "objective.anatomy.ratio", self.ratio, "in [0, 1]")
+    def check(self) -> None:
+        """The anatomy ratio."""
+        self.require(0.0 <= self.ratio <= 1.0, "ratio", "in [0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -315,7 +343,7 @@ class TermConfig:
 
 
 @dataclass(kw_only=True)
-class ObjectiveConfig:
+class ObjectiveConfig(Section):
     """The training objective: a recipe of docs/methods.md and its hyperparameters."""
 
     recipe: str = "usvs2020"
@@ -336,27 +364,28 @@ class ObjectiveConfig:
     pretext: PretextConfig = field(default_factory=PretextConfig)
     anatomy: AnatomyConfig = field(default_factory=AnatomyConfig)
 
-    def __post_init__(self) -> None:
-        _check(0.0 < self.temperature <= 1.0, "objective.temperature", self.temperature, "a float in (0, 1]")
-        _check(0.0 <= self.pi <= 1.0, "objective.pi", self.pi, "in [0, 1]")
-        _check(0.0 <= self.margin <= 2.0, "objective.margin", self.margin, "in [0, 2] (cosines span 2)")
+    def check(self) -> None:
+        """Temperature, pi, margin, weights, and terms only for the custom recipe."""
+        self.require(0.0 < self.temperature <= 1.0, "temperature", "a float in (0, 1]")
+        self.require(0.0 <= self.pi <= 1.0, "pi", "in [0, 1]")
+        self.require(0.0 <= self.margin <= 2.0, "margin", "in [0, 2] (cosines span 2)")
         for name, weight in self.weights.items():
-            _check(weight >= 0, f"objective.weights.{name}", weight, ">= 0")
+            _check(weight >= 0, self.key(f"weights.{name}"), weight, ">= 0")
         _check(
             (self.recipe == "custom") == bool(self.terms),
-            "objective.terms",
+            self.key("terms"),
             [t.term for t in self.terms],
-            "a non-empty list when objective.recipe=custom, and empty otherwise",
+            f"a non-empty list when {self.key('recipe')}=custom, and empty otherwise",
         )
         for k, term in enumerate(self.terms):
-            _check(term.weight >= 0, f"objective.terms[{k}].weight", term.weight, ">= 0")
+            _check(term.weight >= 0, self.key(f"terms[{k}].weight"), term.weight, ">= 0")
 
 
 @dataclass(kw_only=True)
-class OptimConfig:
+class OptimConfig(Section):
     """Optimizer; DeepSpeed wraps a torch optimizer built from this."""
 
-    name: str = "adamw"
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
     """adamw, adam or sgd (torch optimizers: FusedAdam needs CUDA)."""
     lr: float = 1e-3
     """Peak learning rate."""
@@ -364,25 +393,24 @@ class OptimConfig:
     """Decoupled (adamw) or L2 (adam, sgd) weight decay."""
     grad_clip: float = 1.0
     """Gradient-norm clip; 0 turns it off (DeepSpeed clips at 1.0 unless told)."""
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "constant"] = "cosine"
     """LR after warmup: cosine (decays to min_lr_ratio x lr at train.steps) or constant."""
     warmup_steps: int = 4
     """Optimizer steps of linear warmup from 0 to lr."""
     min_lr_ratio: float = 0.1
     """Final LR of the cosine schedule as a fraction of lr."""
 
-    def __post_init__(self) -> None:
-        _check(self.name in OPTIMIZERS, "optim.name", self.name, f"one of {', '.join(OPTIMIZERS)}")
-        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
-        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0")
-        _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
-        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+    def check(self) -> None:
+        """Learning rate, decay, clipping and schedule settings."""
+        self.require(self.lr > 0, "lr", "> 0")
+        self.require(self.weight_decay >= 0, "weight_decay", ">= 0")
+        self.require(self.grad_clip >= 0, "grad_clip", ">= 0")
+        self.require(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        self.require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "in [0, 1]")
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(Section):
     """Ray Train scaling, DeepSpeed ZeRO and checkpoints."""
 
     num_workers: int = 2
@@ -393,7 +421,7 @@ class TrainConfig:
     """CPUs Ray reserves per worker."""
     worker_resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each worker needs (e.g. {h100_node: 1}), besides CPU and GPU."""
-    placement_strategy: str = "PACK"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """Ray placement of the workers: PACK (fill nodes), SPREAD, STRICT_PACK, STRICT_SPREAD (one a node)."""
     steps: int = 40
     """Optimizer steps in the run."""
@@ -404,7 +432,7 @@ class TrainConfig:
     When set it must equal that product (an error names the three), so a changed worker count is caught."""
     max_failures: int = 3
     """Worker-group restarts from the latest checkpoint before the run fails."""
-    zero_stage: int = 2
+    zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage 0-3."""
     checkpoint_every: int = 20
     """Report a checkpoint every this many steps (and at the last step)."""
@@ -419,35 +447,30 @@ class TrainConfig:
     seed: int = 0
     """Seed of model init (the rank is mixed in for augmentation)."""
 
-    def __post_init__(self) -> None:
-        _check(self.num_workers >= 1, "train.num_workers", self.num_workers, "an integer >= 1")
-        _check(self.cpus_per_worker >= 1, "train.cpus_per_worker", self.cpus_per_worker, ">= 1")
-        _check(
-            self.placement_strategy in PLACEMENTS,
-            "train.placement_strategy",
-            self.placement_strategy,
-            f"one of {', '.join(PLACEMENTS)}",
-        )
+    def check(self) -> None:
+        """Worker counts and resources, steps, checkpoints and logging cadence."""
+        self.require(self.num_workers >= 1, "num_workers", "an integer >= 1")
+        self.require(self.cpus_per_worker >= 1, "cpus_per_worker", ">= 1")
         for name, amount in self.worker_resources.items():
             _check(
                 amount > 0 and name not in ("CPU", "GPU"),
-                f"train.worker_resources.{name}",
+                self.key(f"worker_resources.{name}"),
                 amount,
-                "> 0, and not CPU or GPU (train.cpus_per_worker and train.use_gpu set those)",
+                f"> 0, and not CPU or GPU ({self.key('cpus_per_worker')} and {self.key('use_gpu')} "
+                "set those)",
             )
-        _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
-        _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
-        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, ">= 1")
-        _check(self.global_batch >= 0, "train.global_batch", self.global_batch, ">= 0")
-        _check(self.max_failures >= 0, "train.max_failures", self.max_failures, ">= 0")
-        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, ">= 1")
-        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, ">= 1")
-        _check(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
-        _check(bool(self.storage_path), "train.storage_path", self.storage_path, "a path or URI")
+        self.require(self.steps >= 1, "steps", "an integer >= 1")
+        self.require(self.grad_accum_steps >= 1, "grad_accum_steps", ">= 1")
+        self.require(self.global_batch >= 0, "global_batch", ">= 0")
+        self.require(self.max_failures >= 0, "max_failures", ">= 0")
+        self.require(self.checkpoint_every >= 1, "checkpoint_every", ">= 1")
+        self.require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
+        self.require(self.log_every >= 1, "log_every", ">= 1")
+        self.require(bool(self.storage_path), "storage_path", "a path or URI")
 
 
 @dataclass(kw_only=True)
-class TrackingConfig:
+class TrackingConfig(Section):
     """MLflow tracking (rank 0 only)."""
 
     uri: str = "sqlite:///mlruns.db"
@@ -459,28 +482,24 @@ class TrackingConfig:
     system_metrics_interval: float = 10.0
     """Seconds between system-metric samples."""
 
-    def __post_init__(self) -> None:
-        _check(bool(self.uri), "tracking.uri", self.uri, "an MLflow tracking URI")
-        _check(bool(self.experiment), "tracking.experiment", self.experiment, "a name")
-        _check(
-            self.system_metrics_interval >= 1.0,
-            "tracking.system_metrics_interval",
-            self.system_metrics_interval,
-            ">= 1 second",
-        )
+    def check(self) -> None:
+        """Tracking URI, experiment and the system-metric interval."""
+        self.require(bool(self.uri), "uri", "an MLflow tracking URI")
+        self.require(bool(self.experiment), "experiment", "a name")
+        self.require(self.system_metrics_interval >= 1.0, "system_metrics_interval", ">= 1 second")
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(Section):
     """Downstream evaluation (`python -m usvs_dist.evaluate`) and its periodic form in training."""
 
     every: int = 0
     """Evaluate retrieval and a linear probe on a fixed subset every this many steps; 0: never."""
     subset: int = 64
     """Clips of the periodic evaluation (fixed: the first ones of the splits, in shard order)."""
-    plane_splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    plane_splits: list[Split] = field(default_factory=lambda: list(SPLITS))
     """Splits whose labelled clips form the cross-validation set of plane detection and saliency."""
-    retrieval_split: str = "val"
+    retrieval_split: Split = "val"
     """Split of the cross-modal retrieval metric."""
     max_clips: int = 2000
     """Clips read per evaluation set at most (decoded clips are held in memory)."""
@@ -496,7 +515,7 @@ class EvalConfig:
     """Adam learning rate of the encoder when fine-tuning."""
     finetune_head_lr: float = 1e-2
     """Adam learning rate of the new linear head when fine-tuning."""
-    saliency_encoder: str = "video"
+    saliency_encoder: Literal["video", "image"] = "video"
     """Encoder under the saliency decoder: video (the clip's gaze) or image (its frame's gaze)."""
     saliency_epochs: int = 30
     """Epochs of the saliency decoder per fold (encoder frozen)."""
@@ -507,47 +526,24 @@ class EvalConfig:
     seed: int = 0
     """Seed of folds, probes and the random-encoder baseline."""
 
-    def __post_init__(self) -> None:
-        _check(self.every >= 0, "eval.every", self.every, ">= 0 (0: off)")
-        _check(self.subset >= 4, "eval.subset", self.subset, ">= 4")
-        for split in self.plane_splits:
-            _check(
-                split in SPLITS,
-                "eval.plane_splits",
-                self.plane_splits,
-                f"splits of {', '.join(SPLITS)}",
-            )
-        _check(
-            self.retrieval_split in SPLITS,
-            "eval.retrieval_split",
-            self.retrieval_split,
-            f"one of {', '.join(SPLITS)}",
-        )
-        _check(self.max_clips >= 4, "eval.max_clips", self.max_clips, ">= 4")
-        _check(self.folds >= 2, "eval.folds", self.folds, ">= 2")
-        _check(self.probe_l2 >= 0, "eval.probe_l2", self.probe_l2, ">= 0")
-        _check(self.probe_iters >= 1, "eval.probe_iters", self.probe_iters, ">= 1")
-        _check(
-            self.finetune_steps >= 0,
-            "eval.finetune_steps",
-            self.finetune_steps,
-            ">= 0 (0: skip fine-tuning)",
-        )
-        _check(self.finetune_lr > 0, "eval.finetune_lr", self.finetune_lr, "> 0")
-        _check(self.finetune_head_lr > 0, "eval.finetune_head_lr", self.finetune_head_lr, "> 0")
-        _check(
-            self.saliency_encoder in ("video", "image"),
-            "eval.saliency_encoder",
-            self.saliency_encoder,
-            "video or image",
-        )
-        _check(self.saliency_epochs >= 1, "eval.saliency_epochs", self.saliency_epochs, ">= 1")
-        _check(0 < self.saliency_sigma <= 0.5, "eval.saliency_sigma", self.saliency_sigma, "in (0, 0.5]")
-        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+    def check(self) -> None:
+        """Cadence, subset and set sizes, folds and the protocols' settings."""
+        self.require(self.every >= 0, "every", ">= 0 (0: off)")
+        self.require(self.subset >= 4, "subset", ">= 4")
+        self.require(self.max_clips >= 4, "max_clips", ">= 4")
+        self.require(self.folds >= 2, "folds", ">= 2")
+        self.require(self.probe_l2 >= 0, "probe_l2", ">= 0")
+        self.require(self.probe_iters >= 1, "probe_iters", ">= 1")
+        self.require(self.finetune_steps >= 0, "finetune_steps", ">= 0 (0: skip fine-tuning)")
+        self.require(self.finetune_lr > 0, "finetune_lr", "> 0")
+        self.require(self.finetune_head_lr > 0, "finetune_head_lr", "> 0")
+        self.require(self.saliency_epochs >= 1, "saliency_epochs", ">= 1")
+        self.require(0 < self.saliency_sigma <= 0.5, "saliency_sigma", "in (0, 0.5]")
+        self.require(self.batch_size >= 1, "batch_size", ">= 1")
 
 
 @dataclass(kw_only=True)
-class RootConfig:
+class RootConfig(Section):
     """A whole pretraining run."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -559,17 +555,22 @@ class RootConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def __post_init__(self) -> None:
-        per_step = self.data.batch_size * self.train.num_workers * self.train.grad_accum_steps
-        _check(
-            self.train.global_batch in (0, per_step),
-            "train.global_batch",
-            self.train.global_batch,
-            f"0 or data.batch_size ({self.data.batch_size}) x train.num_workers ({self.train.num_workers})"
-            f" x train.grad_accum_steps ({self.train.grad_accum_steps}) = {per_step}",
+    def check(self) -> None:
+        """train.global_batch, when set, against the batch product it must equal."""
+        data, train = self.data, self.train
+        per_step = data.batch_size * train.num_workers * train.grad_accum_steps
+        train.require(
+            train.global_batch in (0, per_step),
+            "global_batch",
+            f"0 or {data.key('batch_size')} ({data.batch_size}) x {train.key('num_workers')} "
+            f"({train.num_workers}) x {train.key('grad_accum_steps')} ({train.grad_accum_steps})"
+            f" = {per_step}",
         )
 
     @property
     def global_batch(self) -> int:
         """Clips per optimizer step over all ranks."""
         return self.data.batch_size * self.train.num_workers * self.train.grad_accum_steps
+
+
+name_sections(RootConfig)

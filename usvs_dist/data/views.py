@@ -1,6 +1,8 @@
-"""Views a recipe trains on, made from a batch on the training device: sub-clip orders and
-rotations (isbi2020), two augmented views of a frame and anatomy labels (awcl2022); see
-docs/methods.md.
+"""Views a recipe trains on, made from a batch on the training device: the batch's own clips,
+frames and log-mels, sub-clip orders and rotations (isbi2020), two augmented views of a frame
+and anatomy labels (awcl2022); see docs/methods.md. `VIEWS` names each view with the model
+inputs and targets it makes (`usvs_dist.models.outputs.OUTPUTS` names the inputs an output
+consumes; loss terms name the targets they read).
 
 Random draws use torch's global generator, which each rank seeds differently and saves in
 its checkpoint. Shapes: B batch, C channels, T frames, H x W pixels, K sub-clips, P orders.
@@ -8,12 +10,15 @@ its checkpoint. Shapes: B batch, C channels, T frames, H x W pixels, K sub-clips
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from usvs_dist.config.schema import AnatomyConfig, AugmentConfig
+from usvs_dist.config.schema import AnatomyConfig, AugmentConfig, RootConfig
 from usvs_dist.data import schema
 from usvs_dist.data.augment import augment_frames
 
@@ -87,3 +92,86 @@ def anatomy_labels(
         # On the class itself: its coarse group may hold other classes, which stay anatomies.
         out = torch.where(plane_B == background, -1, out)
     return out
+
+
+@dataclass(frozen=True)
+class ViewBatch:
+    """A loader batch bound for the training device, with what views are made with."""
+
+    batch: dict
+    device: torch.device
+    dtype: torch.dtype
+    """The model's compute dtype, for the tensors it takes in."""
+    cfg: RootConfig
+    vocabulary: schema.Vocabulary = schema.FETAL_PLANES
+    """The shards' label classes (index.json), whose coarse grouping anatomy positives use."""
+
+    def moved(self, key: str) -> torch.Tensor:
+        """Batch tensor `key` on the device in the compute dtype."""
+        return self.batch[key].to(self.device, dtype=self.dtype, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class View:
+    """One view: a function of the batch returning the model inputs and targets it declares."""
+
+    make: Callable[[ViewBatch], dict[str, torch.Tensor]]
+    inputs: tuple[str, ...] = ()
+    """Model inputs it returns (names in models.outputs.OUTPUTS[...].inputs)."""
+    targets: tuple[str, ...] = ()
+    """Targets it returns, drawn with its inputs (names loss terms read)."""
+
+
+def _as_is(key: str) -> Callable[[ViewBatch], dict[str, torch.Tensor]]:
+    def make(b: ViewBatch) -> dict[str, torch.Tensor]:
+        return {key: b.moved(key)}
+
+    return make
+
+
+# The orders are fixed by the config: computed once, not per batch.
+_permutations = functools.lru_cache(order_permutations)
+
+
+def _order(b: ViewBatch) -> dict[str, torch.Tensor]:
+    pretext = b.cfg.objective.pretext
+    clips, target = order_views(b.moved("video"), _permutations(pretext.subclips, pretext.permutations))
+    return {"order_clips": clips, "order_target": target}
+
+
+def _rotation(b: ViewBatch) -> dict[str, torch.Tensor]:
+    rotated, target = rotation_views(b.moved("video"), b.cfg.objective.pretext.rotations)
+    return {"rotated_video": rotated, "rotation_target": target}
+
+
+def _two_views(b: ViewBatch) -> dict[str, torch.Tensor]:
+    view1, view2 = two_views(b.moved("image"), b.cfg.data.augment)
+    return {"image_view1": view1, "image_view2": view2}
+
+
+def _anatomy(b: ViewBatch) -> dict[str, torch.Tensor]:
+    labels = b.batch["image_label"].to(b.device)
+    return {"anatomy_label": anatomy_labels(labels, b.cfg.objective.anatomy, b.vocabulary)}
+
+
+VIEWS: dict[str, View] = {
+    # Made in this order, so their random draws come in this order.
+    "video": View(_as_is("video"), inputs=("video",)),
+    "audio": View(_as_is("audio"), inputs=("audio",)),
+    "image": View(_as_is("image"), inputs=("image",)),
+    "order": View(_order, inputs=("order_clips",), targets=("order_target",)),
+    "rotation": View(_rotation, inputs=("rotated_video",), targets=("rotation_target",)),
+    "two_views": View(_two_views, inputs=("image_view1", "image_view2")),
+    "anatomy": View(_anatomy, targets=("anatomy_label",)),
+}
+"""View name -> what it makes from a batch."""
+
+
+def views_for(inputs: set[str] | frozenset[str], targets: set[str] | frozenset[str]) -> list[View]:
+    """The views that make `inputs` and `targets`, in VIEWS order; ValueError on a name none makes."""
+    chosen = [v for v in VIEWS.values() if set(v.inputs) & inputs or set(v.targets) & targets]
+    made = {name for v in chosen for name in (*v.inputs, *v.targets)}
+    missing = (set(inputs) | set(targets)) - made
+    if missing:
+        raise ValueError(f"no view in usvs_dist.data.views.VIEWS makes {sorted(missing)}")
+    return chosen

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from usvs_dist.config import RootConfig, load_config
-from usvs_dist.models import ENCODERS
+from usvs_dist.models import ENCODERS, build_encoder
 from usvs_dist.models.heads import ProjectionHead
 
 ENCODERS_FILE = "encoders.pt"
@@ -38,11 +38,6 @@ class Encoders:
         return self
 
 
-def _encoder(cfg: RootConfig, modality: str) -> nn.Module:
-    channels = 1 if modality == "audio" else cfg.data.channels
-    return ENCODERS[modality][getattr(cfg.model, modality)](channels, cfg.model.width, cfg.data)
-
-
 def build_encoders(
     cfg: RootConfig, state: dict[str, dict[str, torch.Tensor]] | None, source: str
 ) -> Encoders:
@@ -51,7 +46,7 @@ def build_encoders(
     modalities = [m for m in ENCODERS if state is None or f"{m}_encoder" in state]
     encoders, heads = {}, {}
     for m in modalities:
-        encoders[m] = _encoder(cfg, m)
+        encoders[m] = build_encoder(cfg, m)
         if state is not None:
             encoders[m].load_state_dict(state[f"{m}_encoder"])
         if state is not None and f"{m}_head" in state:
@@ -63,7 +58,7 @@ def build_encoders(
 def random_twin(trained: Encoders) -> Encoders:
     """Randomly initialised encoders and heads of the same architecture, seeded by eval.seed."""
     torch.manual_seed(trained.cfg.eval.seed)
-    encoders = {m: _encoder(trained.cfg, m) for m in trained.encoders}
+    encoders = {m: build_encoder(trained.cfg, m) for m in trained.encoders}
     heads = {m: ProjectionHead(encoders[m].out_features, trained.cfg.model.embed_dim) for m in trained.heads}
     return Encoders(trained.cfg, encoders, heads, "random init").eval()
 

@@ -1,4 +1,5 @@
-"""The downstream tasks on one set of encoders, as flat metric dicts (plus figures' data).
+"""The downstream tasks on one set of encoders, as flat metric dicts (plus figures' data), and
+`TASKS`, the registry both the evaluation entry and periodic evaluation during training loop over.
 
 Metric names: planes/{video,image}/{linear,finetune}/{precision,recall,f1}[_std],
 saliency/{kld,sim,nss,cc}[_std], retrieval/{v2a,a2v}_r{1,5,10}.
@@ -6,15 +7,20 @@ saliency/{kld,sim,nss,cc}[_std], retrieval/{v2a,a2v}_r{1,5,10}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
 
-from usvs_dist.eval.clips import ClipSet
+from usvs_dist.config import RootConfig
+from usvs_dist.eval import report
+from usvs_dist.eval.clips import ClipSet, load_clips
 from usvs_dist.eval.encoders import Encoders
 from usvs_dist.eval.metrics import recall_at_k
 from usvs_dist.eval.probe import features, plane_detection
 from usvs_dist.eval.saliency import saliency
-
-TASKS = ("planes", "saliency", "retrieval")
 
 
 def planes(enc: Encoders, clips: ClipSet, protocols=("linear", "finetune")) -> tuple[dict[str, float], dict]:
@@ -84,3 +90,119 @@ def retrieval(enc: Encoders, clips: ClipSet) -> dict[str, float]:
         for k, value in recall_at_k(q, g).items():
             out[f"retrieval/{name}_r{k}"] = value
     return out
+
+
+@dataclass(frozen=True)
+class Clips:
+    """The clips some tasks evaluate on: loaded once for all of them."""
+
+    label: str
+    """Its line in the report."""
+    splits: Callable[[RootConfig], list[str]]
+    audio: bool
+    """Clips with narration only, and their log-mel; else every clip (video-only scans count)."""
+    labelled: bool
+    """Its tasks need plane labels from two scans at least (folds are by scan)."""
+    describe: Callable[[ClipSet, RootConfig], str]
+    """Its line in the report: what was loaded."""
+
+    def load(self, cfg: RootConfig, location: str | Path, max_clips: int) -> ClipSet:
+        """The first `max_clips` clips of its splits."""
+        return load_clips(cfg.data, location, self.splits(cfg), max_clips, audio=self.audio)
+
+
+def _describe_planes(clips: ClipSet, cfg: RootConfig) -> str:
+    classes = clips.vocabulary.classes
+    counts = torch.bincount(clips.image_label[clips.image_label >= 0], minlength=len(classes)).tolist()
+    return (
+        f"{len(clips)} clips of {len(set(clips.scan))} scans ({', '.join(cfg.eval.plane_splits)}), "
+        f"{cfg.eval.folds}-fold cross-validation by scan; {len(classes)} classes (clips): "
+        + ", ".join(f"{name} ({n})" for name, n in zip(classes, counts, strict=True))
+    )
+
+
+def _describe_narrated(clips: ClipSet, cfg: RootConfig) -> str:
+    return f"{len(clips)} clips with narration of the {cfg.eval.retrieval_split} split"
+
+
+LABELLED_CLIPS = Clips(
+    "planes/saliency", lambda cfg: list(cfg.eval.plane_splits), False, True, _describe_planes
+)
+NARRATED_CLIPS = Clips("retrieval", lambda cfg: [cfg.eval.retrieval_split], True, False, _describe_narrated)
+
+
+Run = Callable[[Encoders, ClipSet, tuple[str, ...]], tuple[dict[str, float], Any]]
+"""(encoders, clips, plane protocols) -> (metrics, what its figures are drawn from)."""
+Figures = Callable[[Any, ClipSet, Path], list[Path]]
+"""(what `run` returned beside the metrics, clips, output folder) -> figure files."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A downstream task: the encoders and heads it needs, the clips it loads, how it runs."""
+
+    run: Run
+    clips: Clips
+    encoders: tuple[str, ...]
+    """Encoders it can run on: it needs one of them at least."""
+    heads: tuple[str, ...] = ()
+    """Projection heads it needs, all of them."""
+    figures: Figures | None = None
+    """Figures of the pretrained encoders' run (the entry writes them; training does not)."""
+    periodic: bool = True
+    """Also run every eval.every training steps, on eval.subset clips (linear protocol only)."""
+
+    def runs_on(self, enc: Encoders) -> bool:
+        """Whether `enc` has what the task needs (else it raises naming what is missing)."""
+        return bool(set(self.encoders) & set(enc.encoders)) and set(self.heads) <= set(enc.heads)
+
+
+def _planes_figures(confusions: dict, clips: ClipSet, out: Path) -> list[Path]:
+    return [
+        report.confusion_figure(
+            confusion,
+            f"{modality} encoder, {protocol}",
+            out / f"confusion_{modality}_{protocol}.png",
+            clips.vocabulary.classes,
+        )
+        for (modality, protocol), confusion in confusions.items()
+    ]
+
+
+def _saliency_figures(examples: tuple | None, clips: ClipSet, out: Path) -> list[Path]:
+    if examples is None:
+        return []
+    rows, pred, truth = examples
+    return [report.saliency_figure(clips.image[rows, 0], pred, truth, out / "saliency_examples.png")]
+
+
+def _saliency(enc: Encoders, clips: ClipSet, protocols: tuple[str, ...]) -> tuple[dict[str, float], Any]:
+    return gaze_saliency(enc, clips)
+
+
+def _retrieval(enc: Encoders, clips: ClipSet, protocols: tuple[str, ...]) -> tuple[dict[str, float], Any]:
+    return retrieval(enc, clips), None
+
+
+TASKS: dict[str, Task] = {
+    "planes": Task(planes, LABELLED_CLIPS, ("video", "image"), figures=_planes_figures),
+    "saliency": Task(
+        _saliency,
+        LABELLED_CLIPS,
+        ("video", "image"),
+        figures=_saliency_figures,
+        periodic=False,
+    ),
+    "retrieval": Task(
+        _retrieval,
+        NARRATED_CLIPS,
+        ("video", "audio"),
+        heads=("video", "audio"),
+    ),
+}
+"""Task name -> task, in the order they run and report."""
+
+
+def periodic_tasks() -> dict[str, Task]:
+    """The tasks periodic evaluation runs during training."""
+    return {name: task for name, task in TASKS.items() if task.periodic}

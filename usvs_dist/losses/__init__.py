@@ -4,8 +4,10 @@ from usvs_dist.losses.anatomy import anatomy_info_nce, anatomy_targets
 from usvs_dist.losses.infonce import info_nce
 from usvs_dist.losses.pretext import pretext_classification
 from usvs_dist.losses.recipes import (
+    ALWAYS_READ,
     RECIPES,
     TERMS,
+    Recipe,
     Requirements,
     Term,
     check_objective,
@@ -17,8 +19,10 @@ from usvs_dist.losses.selfpaced import admit_negatives, admitted_share, affinity
 from usvs_dist.losses.triplet import hardest_triplet
 
 __all__ = [
+    "ALWAYS_READ",
     "RECIPES",
     "TERMS",
+    "Recipe",
     "Requirements",
     "Term",
     "admit_negatives",

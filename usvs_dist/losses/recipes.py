@@ -1,10 +1,12 @@
 """Loss terms by name and the recipes of docs/methods.md that weigh them into parts.
 
 A term reads model outputs (and targets the step derives from the batch) and returns its value
-and extra metrics. A recipe is a list of named parts, each a weighted sum of terms; part `g` is
-returned as `g_loss` (times objective.weights[g], default 1) and summed into the training loss;
-the terms of a multi-term part and every extra metric are returned under their own names and
-only logged (open_clip's `*_loss` convention).
+and extra metrics; it declares what it reads: outputs (usvs_dist.models.OUTPUTS says what each
+is made of), targets (made by usvs_dist.data.views.VIEWS) and config keys. A recipe is a list
+of named parts, each a weighted sum of terms, and declares the config keys its parts read; part
+`g` is returned as `g_loss` (times objective.weights[g], default 1) and summed into the training
+loss; the terms of a multi-term part and every extra metric are returned under their own names
+and only logged (open_clip's `*_loss` convention).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from usvs_dist.config.schema import ObjectiveConfig
+from usvs_dist.config.schema import ConfigError, ObjectiveConfig
 from usvs_dist.losses.anatomy import anatomy_info_nce
 from usvs_dist.losses.infonce import info_nce
 from usvs_dist.losses.pretext import pretext_classification
@@ -32,9 +34,12 @@ class Term:
     fn: TermFn
     """(model outputs + targets, objective config, training progress in [0, 1]) -> (value, extras)."""
     outputs: frozenset[str]
-    """Model outputs it reads (usvs_dist.models.MODEL_OUTPUTS)."""
+    """Model outputs it reads (names in usvs_dist.models.OUTPUTS)."""
     targets: frozenset[str] = frozenset()
-    """Targets the training step derives from the batch: order_target, rotation_target, anatomy_label."""
+    """Targets the training step derives from the batch (usvs_dist.data.views.VIEWS makes them)."""
+    reads: tuple[str, ...] = ()
+    """Config keys that change its value, also through the views and heads of what it reads; a
+    section (objective.self_paced) stands for every key in it."""
     paper: str = ""
     """Where it comes from: the paper's symbol and the recipe (docs/methods.md cites the papers)."""
 
@@ -75,19 +80,43 @@ def _f(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
+_NCE = ("objective.temperature", "objective.symmetric")
+_TRIPLET = ("objective.margin",)
+_ORDER = ("objective.pretext.subclips", "objective.pretext.permutations")
+
 TERMS: dict[str, Term] = {
-    "va_nce": Term(_nce("video", "audio"), _f("video", "audio"), paper="L_c(v, a), usvs2020, dual2024"),
-    "vi_nce": Term(_nce("video", "image"), _f("video", "image"), paper="L_c(v, i), dual2024"),
-    "v_va_nce": Term(_nce("video", "va"), _f("video", "va"), paper="L_c(v, va), dual2024"),
-    "v_vi_nce": Term(_nce("video", "vi"), _f("video", "vi"), paper="L_c(v, vi), dual2024"),
-    "va_triplet": Term(_triplet("video", "audio"), _f("video", "audio"), paper="L_t(v, a), dual2024"),
-    "vi_triplet": Term(_triplet("video", "image"), _f("video", "image"), paper="L_t(v, i), dual2024"),
-    "va_selfpaced_nce": Term(_self_paced, _f("video", "audio"), paper="usvs2020"),
-    "order_ce": Term(_classify("order"), _f("order_logits"), _f("order_target"), paper="isbi2020"),
-    "rotation_ce": Term(
-        _classify("rotation"), _f("rotation_logits"), _f("rotation_target"), paper="isbi2020"
+    "va_nce": Term(
+        _nce("video", "audio"), _f("video", "audio"), reads=_NCE, paper="L_c(v, a), usvs2020, dual2024"
     ),
-    "anatomy_nce": Term(_anatomy, _f("image_view1", "image_view2"), _f("anatomy_label"), paper="awcl2022"),
+    "vi_nce": Term(_nce("video", "image"), _f("video", "image"), reads=_NCE, paper="L_c(v, i), dual2024"),
+    "v_va_nce": Term(_nce("video", "va"), _f("video", "va"), reads=_NCE, paper="L_c(v, va), dual2024"),
+    "v_vi_nce": Term(_nce("video", "vi"), _f("video", "vi"), reads=_NCE, paper="L_c(v, vi), dual2024"),
+    "va_triplet": Term(
+        _triplet("video", "audio"), _f("video", "audio"), reads=_TRIPLET, paper="L_t(v, a), dual2024"
+    ),
+    "vi_triplet": Term(
+        _triplet("video", "image"), _f("video", "image"), reads=_TRIPLET, paper="L_t(v, i), dual2024"
+    ),
+    "va_selfpaced_nce": Term(
+        _self_paced, _f("video", "audio"), reads=(*_NCE, "objective.self_paced"), paper="usvs2020"
+    ),
+    "order_ce": Term(
+        _classify("order"), _f("order_logits"), _f("order_target"), reads=_ORDER, paper="isbi2020"
+    ),
+    "rotation_ce": Term(
+        _classify("rotation"),
+        _f("rotation_logits"),
+        _f("rotation_target"),
+        reads=("objective.pretext.rotations",),
+        paper="isbi2020",
+    ),
+    "anatomy_nce": Term(
+        _anatomy,
+        _f("image_view1", "image_view2"),
+        _f("anatomy_label"),
+        reads=("objective.temperature", "objective.anatomy"),
+        paper="awcl2022",
+    ),
 }
 
 Part = tuple[str, tuple[tuple[str, float], ...]]
@@ -120,21 +149,35 @@ def _custom(c: ObjectiveConfig) -> list[Part]:
     return [(t.term, ((t.term, t.weight),)) for t in c.terms]
 
 
-RECIPES: dict[str, Callable[[ObjectiveConfig], list[Part]]] = {
-    "usvs2020": _usvs2020,
-    "dual2024": _dual2024,
-    "isbi2020": _isbi2020,
-    "awcl2022": _awcl2022,
-    "custom": _custom,
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe: its parts under an objective config, and the config keys the parts read."""
+
+    parts: Callable[[ObjectiveConfig], list[Part]]
+    reads: tuple[str, ...] = ()
+    """Config keys its part coefficients read, beyond its terms' (`Term.reads`)."""
+
+
+RECIPES: dict[str, Recipe] = {
+    "usvs2020": Recipe(_usvs2020),
+    "dual2024": Recipe(_dual2024, reads=("objective.pi",)),
+    "isbi2020": Recipe(_isbi2020, reads=("objective.pretext.transform_weight",)),
+    "awcl2022": Recipe(_awcl2022),
+    "custom": Recipe(_custom, reads=("objective.terms",)),
 }
+
+ALWAYS_READ = ("objective.recipe", "objective.weights")
+"""Keys every recipe reads (objective.weights.<part>: only its own parts)."""
 
 
 @dataclass(frozen=True)
 class Requirements:
-    """What a recipe reads: model outputs, batch-derived targets, and whether shards need labels."""
+    """What a recipe reads: model outputs, batch-derived targets, config keys; whether shards need labels."""
 
     outputs: frozenset[str]
     targets: frozenset[str]
+    reads: frozenset[str] = frozenset()
+    """Config keys its terms and parts read (a section stands for every key in it)."""
 
     @property
     def needs_labels(self) -> bool:
@@ -143,33 +186,38 @@ class Requirements:
 
 
 def check_objective(cfg: ObjectiveConfig) -> Requirements:
-    """Validate recipe, terms and weights against the registries; return what the recipe reads."""
+    """Validate recipe, terms and weights against the registries (else ConfigError); return what it reads."""
     if cfg.recipe not in RECIPES:
-        raise ValueError(
+        raise ConfigError(
             f"config key objective.recipe={cfg.recipe!r} is invalid: expected one of {', '.join(RECIPES)}"
         )
     seen: set[str] = set()
     for k, t in enumerate(cfg.terms):
         if t.term not in TERMS:
-            raise ValueError(
+            raise ConfigError(
                 f"config key objective.terms[{k}].term={t.term!r} is invalid: "
                 f"expected one of {', '.join(TERMS)}"
             )
         if t.term in seen:
-            raise ValueError(f"config key objective.terms[{k}].term={t.term!r} is listed twice")
+            raise ConfigError(f"config key objective.terms[{k}].term={t.term!r} is listed twice")
         seen.add(t.term)
-    parts = RECIPES[cfg.recipe](cfg)
+    parts = RECIPES[cfg.recipe].parts(cfg)
     names = [name for name, _ in parts]
     for name in cfg.weights:
         if name not in names:
-            raise ValueError(
+            raise ConfigError(
                 f"config key objective.weights.{name} is not a part of recipe {cfg.recipe!r}: "
                 f"expected some of {', '.join(names)}"
             )
-    terms = [TERMS[term] for _, terms in parts for term, _ in terms]
+    return _requirements(cfg, parts)
+
+
+def _requirements(cfg: ObjectiveConfig, parts: list[Part]) -> Requirements:
+    terms = [TERMS[term] for _, group in parts for term, _ in group]
     return Requirements(
         outputs=frozenset().union(*(t.outputs for t in terms)),
         targets=frozenset().union(*(t.targets for t in terms)),
+        reads=frozenset((*ALWAYS_READ, *RECIPES[cfg.recipe].reads, *(k for t in terms for k in t.reads))),
     )
 
 
@@ -182,7 +230,7 @@ def objective_parts(values: Tensors, cfg: ObjectiveConfig, progress: float) -> T
         progress: step / train.steps, for schedules (usvs2020's self-paced lambda).
     """
     parts: Tensors = {}
-    for name, terms in RECIPES[cfg.recipe](cfg):
+    for name, terms in RECIPES[cfg.recipe].parts(cfg):
         total = None
         for term, coefficient in terms:
             value, extras = TERMS[term].fn(values, cfg, progress)
@@ -202,28 +250,15 @@ def total_loss(parts: Tensors) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
-_NCE_TERMS = frozenset({"va_nce", "vi_nce", "v_va_nce", "v_vi_nce", "va_selfpaced_nce", "anatomy_nce"})
-_KEYS_READ_BY = {
-    "objective.temperature": _NCE_TERMS,
-    "objective.symmetric": _NCE_TERMS - {"anatomy_nce"},
-    "objective.margin": frozenset({"va_triplet", "vi_triplet"}),
-    "objective.self_paced.": frozenset({"va_selfpaced_nce"}),
-    "objective.pretext.": frozenset({"order_ce", "rotation_ce"}),
-    "objective.anatomy.": frozenset({"anatomy_nce"}),
-}
-
-
 def recipe_reads(cfg: ObjectiveConfig, key: str) -> bool:
-    """Whether config key `key` (e.g. objective.pi) changes the recipe's loss; True outside objective.*."""
+    """Whether config key `key` (e.g. objective.pi) changes the recipe's loss; True outside objective.*.
+
+    Read from the declarations: the terms' and the recipe's `reads`, and the recipe's part names
+    for objective.weights.<part>.
+    """
     if not key.startswith("objective."):
         return True
-    parts = RECIPES[cfg.recipe](cfg)
-    terms = {term for _, group in parts for term, _ in group}
-    if key == "objective.pi":
-        return cfg.recipe == "dual2024"
+    parts = RECIPES[cfg.recipe].parts(cfg)
     if key.startswith("objective.weights."):
         return key.removeprefix("objective.weights.") in {name for name, _ in parts}
-    for prefix, readers in _KEYS_READ_BY.items():
-        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
-            return bool(readers & terms)
-    return True
+    return any(key == k or key.startswith(f"{k}.") for k in _requirements(cfg, parts).reads)

@@ -16,7 +16,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from usvs_dist.config import RootConfig, flatten, redact, redacted, to_dict, to_yaml
+from usvs_dist.config import ConfigError, RootConfig, flatten, redact, redacted, to_dict, to_yaml
 from usvs_dist.data import schema
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.shards import index_sha256, is_remote, load_index, split_shards
@@ -44,14 +44,17 @@ class RunResult:
 
 
 def check_config(cfg: RootConfig) -> Requirements:
-    """Checks needing the registries (config/ is the leaf and cannot see them); what the recipe reads."""
+    """Checks needing the registries (config/ is the leaf and cannot see them); what the recipe reads.
+
+    Raises ConfigError naming the key.
+    """
     needs = check_objective(cfg.objective)
     check_names(cfg.model, modalities_for(needs.outputs))
-    subclips = cfg.objective.pretext.subclips
-    if "order_logits" in needs.outputs and cfg.data.num_frames < subclips:
-        raise ValueError(
-            f"config key data.num_frames={cfg.data.num_frames} is invalid: order prediction cuts clips into "
-            f"objective.pretext.subclips={subclips} sub-clips of at least one frame"
+    pretext = cfg.objective.pretext
+    if "order_logits" in needs.outputs and cfg.data.num_frames < pretext.subclips:
+        raise ConfigError(
+            f"config key {cfg.data.key('num_frames')}={cfg.data.num_frames} is invalid: order prediction "
+            f"cuts clips into {pretext.key('subclips')}={pretext.subclips} sub-clips of at least one frame"
         )
     return needs
 
@@ -63,7 +66,7 @@ def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: s
     labelled = index.get("labels", {}).get("clips_with_labels", 0)
     total = index.get("totals", {}).get("clips", 0)
     if labelled == 0:
-        raise ValueError(
+        raise ConfigError(
             f"objective.recipe={recipe} needs plane labels, but the shards in {redact(str(shards))} "
             "have none "
             "(index.json labels.clips_with_labels = 0); shard scans with a labels file"
@@ -91,7 +94,7 @@ def check_narration(
     clips = sum(s["clips"] for s in entries)
     narrated = sum(schema.narrated_clips(s) for s in entries)
     if clips and narrated == 0:
-        raise ValueError(
+        raise ConfigError(
             f"objective.recipe={recipe} reads the narration, but data.split={split} of "
             f"{redact(str(shards))} has "
             f"0 clips with narration and {clips} without (scans sharded without audio); train a recipe "
@@ -150,8 +153,8 @@ def check_data(cfg: RootConfig, shards: str | Path, log_fn=print) -> CheckedData
     """
     needs = check_config(cfg)
     if not shards:
-        raise ValueError(
-            "config key data.shards is empty: give a shard folder or URL "
+        raise ConfigError(
+            f"config key {cfg.data.key('shards')} is empty: give a shard folder or URL "
             "(the entries, e.g. `python -m usvs_dist.train`, build the phantom shards for an empty one)"
         )
     shards = str(shards) if is_remote(str(shards)) else str(Path(shards).resolve())

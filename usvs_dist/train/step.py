@@ -9,7 +9,7 @@ import torch
 from usvs_dist.config.schema import RootConfig
 from usvs_dist.data import schema, views
 from usvs_dist.losses import Requirements, objective_parts, total_loss
-from usvs_dist.models import modalities_for
+from usvs_dist.models import modalities_for, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,11 @@ def reads_narration(needs: Requirements) -> bool:
 
 
 class BatchViews:
-    """Turns a loader batch into the model inputs and targets a recipe reads, on the device."""
+    """Turns a loader batch into the model inputs and targets a recipe reads, on the device.
+
+    Which views: those of data.views.VIEWS that make the inputs of the recipe's outputs
+    (models.OUTPUTS) and the targets its terms read.
+    """
 
     def __init__(
         self, cfg: RootConfig, needs: Requirements, vocabulary: schema.Vocabulary = schema.FETAL_PLANES
@@ -36,44 +40,19 @@ class BatchViews:
                 "grouping: anatomy positives are matched on its %d classes",
                 len(vocabulary.classes),
             )
-        pretext = cfg.objective.pretext
-        self.perms_PK = (
-            views.order_permutations(pretext.subclips, pretext.permutations)
-            if "order_logits" in needs.outputs
-            else None
-        )
+        self.views = views.views_for(model_inputs(needs.outputs), needs.targets)
 
     def __call__(
         self, batch: dict, device: torch.device, dtype: torch.dtype
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(model inputs, targets) for this batch."""
-        out = self.needs.outputs
-
-        def moved(key: str) -> torch.Tensor:
-            return batch[key].to(device, dtype=dtype, non_blocking=True)
-
+        b = views.ViewBatch(batch, device, dtype, self.cfg, self.vocabulary)
         inputs: dict[str, torch.Tensor] = {}
         targets: dict[str, torch.Tensor] = {}
-        if out & {"video", "va", "vi"}:
-            inputs["video"] = moved("video")
-        if out & {"audio", "va"}:
-            inputs["audio"] = moved("audio")
-        if out & {"image", "vi"}:
-            inputs["image"] = moved("image")
-        if self.perms_PK is not None:
-            inputs["order_clips"], targets["order_target"] = views.order_views(moved("video"), self.perms_PK)
-        if "rotation_logits" in out:
-            inputs["rotated_video"], targets["rotation_target"] = views.rotation_views(
-                moved("video"), self.cfg.objective.pretext.rotations
-            )
-        if "image_view1" in out:
-            inputs["image_view1"], inputs["image_view2"] = views.two_views(
-                moved("image"), self.cfg.data.augment
-            )
-        if "anatomy_label" in self.needs.targets:
-            targets["anatomy_label"] = views.anatomy_labels(
-                batch["image_label"].to(device), self.cfg.objective.anatomy, self.vocabulary
-            )
+        for view in self.views:
+            made = view.make(b)
+            inputs.update({name: made[name] for name in view.inputs})
+            targets.update({name: made[name] for name in view.targets})
         return inputs, targets
 
 

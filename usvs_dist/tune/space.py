@@ -15,76 +15,153 @@ sweep:
     objective.self_paced.schedule: {type: choice, values: [linear, cosine]}
 base: {...}                       # any training config (the same keys as configs/*.yaml)
 ```
-Every key is checked before a trial starts: it must be a config key, its range non-empty, and
-the recipe must read it.
+The `sweep:` section is a typed config (SweepConfig), built and checked like the training config
+(unknown keys, types, choices, ranges); with the base it becomes a Sweep, which checks every
+searched key before a trial starts: it must be a config key, its range non-empty, and the recipe
+must read it. A trial's parameters reach its config through `config.apply_overrides`, as the
+command line's `section.key=value` do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from omegaconf import OmegaConf
 
-from usvs_dist.config import ConfigError, RootConfig, env_sources, flatten, from_dict, to_dict
+from usvs_dist.config import (
+    ConfigError,
+    RootConfig,
+    Section,
+    check_choices,
+    flatten,
+    from_dict,
+    from_tree,
+    name_sections,
+)
 from usvs_dist.losses import check_objective, recipe_reads
 
-SEARCHES = ("grid", "random", "optuna")
-TYPES = ("loguniform", "uniform", "choice", "grid", "randint")
+
+@dataclass(kw_only=True)
+class ParamSpec:
+    """One dimension of the search space (checked by the sweep section, which knows its key)."""
+
+    type: Literal["loguniform", "uniform", "choice", "grid", "randint"]
+    """How values are drawn: a range (loguniform, uniform, randint) or a list (choice, grid)."""
+    low: float | None = None
+    """Lower end of a range."""
+    high: float | None = None
+    """Upper end of a range (randint: exclusive)."""
+    values: list[Any] | None = None
+    """The values of a choice or grid."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as written, without the fields its type leaves unset (as logged with the sweep)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-@dataclass
-class Sweep:
-    """A validated sweep."""
+@dataclass(kw_only=True)
+class AshaConfig(Section):
+    """ASHA early stopping: trials compared at `step` milestones, the worse stopped."""
 
-    name: str
-    search: str
-    num_samples: int
-    metric: str
-    mode: str
-    max_concurrent_trials: int
-    asha: dict | None
-    space: dict[str, dict[str, Any]]
-    base: RootConfig
+    grace_period: int = 1
+    """Steps every trial runs before it can be stopped."""
+    reduction_factor: float = 2.0
+    """1 / reduction_factor of the trials go on at each rung."""
+
+    def check(self) -> None:
+        """Grace period and reduction factor."""
+        self.require(self.grace_period >= 1, "grace_period", "an integer >= 1")
+        self.require(self.reduction_factor > 1, "reduction_factor", "> 1")
+
+
+@dataclass(kw_only=True)
+class SweepConfig(Section):
+    """The `sweep:` section of a sweep file."""
+
+    name: str = ""
+    """MLflow parent run and Tune experiment name; empty: the sweep file's name."""
+    search: Literal["grid", "random", "optuna"] = "random"
+    """grid: every combination of grid values; random; optuna (when installed)."""
+    num_samples: int = 1
+    """Trials (random, optuna); repeats of the grid (grid)."""
+    metric: str = "loss"
+    """What trials are compared on (eval/...: the periodic evaluation's metrics)."""
+    mode: Literal["min", "max"] = "max"
+    """Whether a lower or a higher metric is better."""
+    max_concurrent_trials: int = 1
+    """Trials run at once (each a training run with its own workers)."""
     trial_cpus: float = 1.0
+    """CPUs a trial's driver holds (its workers reserve their own)."""
+    asha: AshaConfig | None = None
+    """Early stopping; null: none."""
+    space: dict[str, ParamSpec] = field(default_factory=dict)
+    """Config key (section.key) -> how Tune draws its values."""
 
-
-def _check_param(key: str, spec: Any, base: RootConfig, known: set[str]) -> None:
-    where = f"sweep.space.{key}"
-    if key not in known:
-        raise ConfigError(f"{where}: {key} is not a config key")
-    if not isinstance(spec, dict) or spec.get("type") not in TYPES:
-        raise ConfigError(f"{where}: expected {{type: one of {', '.join(TYPES)}, ...}}, got {spec!r}")
-    kind = spec["type"]
-    if kind in ("choice", "grid"):
-        values = spec.get("values")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: {kind} needs a non-empty list `values`")
-    else:
-        low, high = spec.get("low"), spec.get("high")
-        if not isinstance(low, int | float) or not isinstance(high, int | float) or not low < high:
-            raise ConfigError(f"{where}: the range [{low}, {high}] is empty (need low < high)")
-        if kind == "loguniform" and low <= 0:
-            raise ConfigError(f"{where}: loguniform needs low > 0, got {low}")
-    if not recipe_reads(base.objective, key):
-        raise ConfigError(
-            f"{where}: recipe {base.objective.recipe!r} does not use {key}; sweeping it changes nothing"
+    def check(self) -> None:
+        """Counts, a non-empty space of non-empty ranges, grid values only in a grid search."""
+        self.require(self.num_samples >= 1, "num_samples", "an integer >= 1")
+        self.require(self.max_concurrent_trials >= 1, "max_concurrent_trials", "an integer >= 1")
+        self.require(self.trial_cpus > 0, "trial_cpus", "> 0")
+        self.require(bool(self.space), "space", "a mapping of config keys to their search (it is empty)")
+        for key, spec in self.space.items():
+            _check_spec(spec, self.key(f"space.{key}"))
+        grid = [k for k, spec in self.space.items() if spec.type == "grid"]
+        self.require(
+            not grid or self.search == "grid",
+            "search",
+            f"grid: the space has grid values ({', '.join(grid)})",
         )
 
 
-def with_params(base: RootConfig, params: dict[str, Any]) -> RootConfig:
-    """The base config with `section.key` values set (validated like any config).
+def _check_spec(spec: ParamSpec, where: str) -> None:
+    """ConfigError naming `where` (sweep.space.<key>) when the spec draws from an empty set."""
+    check_choices(spec, where)
+    if spec.type in ("choice", "grid"):
+        if not spec.values:
+            raise ConfigError(f"{where}: {spec.type} needs a non-empty list `values`")
+    elif spec.low is None or spec.high is None or not spec.low < spec.high:
+        raise ConfigError(f"{where}: the range [{spec.low}, {spec.high}] is empty (need low < high)")
+    elif spec.type == "loguniform" and spec.low <= 0:
+        raise ConfigError(f"{where}: loguniform needs low > 0, got {spec.low}")
 
-    Keys the base took from the environment still count as such unless a param sets them.
+
+@dataclass(kw_only=True)
+class Sweep(SweepConfig):
+    """A validated sweep file: its sweep section and the base config every trial starts from.
+
+    Beyond the section's own checks, every searched key must be a config key that the base's
+    recipe reads, and an eval/ metric needs the base's periodic evaluation.
     """
-    tree = OmegaConf.merge(
-        OmegaConf.create(to_dict(base)), OmegaConf.from_dotlist([f"{k}={v}" for k, v in params.items()])
-    )
-    env = {k: v for k, v in env_sources(base).items() if k not in params}
-    return from_dict(OmegaConf.to_container(tree), env)
+
+    base: RootConfig
+
+    def check(self) -> None:
+        """The section's checks, then each searched key against the base and its recipe."""
+        super().check()
+        check_objective(self.base.objective)
+        known = set(flatten(self.base))
+        for key in self.space:
+            where = self.key(f"space.{key}")
+            if key not in known:
+                raise ConfigError(f"{where}: {key} is not a config key")
+            if not recipe_reads(self.base.objective, key):
+                raise ConfigError(
+                    f"{where}: recipe {self.base.objective.recipe!r} does not use {key}; "
+                    "sweeping it changes nothing"
+                )
+        every = self.base.eval.key("every")
+        self.require(
+            not self.metric.startswith("eval/") or self.base.eval.every > 0,
+            "metric",
+            f"an eval/ metric only with base.{every} > 0 (periodic evaluation)",
+        )
+
+
+name_sections(SweepConfig, "sweep")
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -93,66 +170,37 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
     doc = yaml.safe_load(path.read_text()) or {}
-    sweep, base_tree = doc.get("sweep"), doc.get("base", {})
-    if not isinstance(sweep, dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("sweep"), dict):
         raise ConfigError(f"{path}: expected a `sweep:` section")
     unknown = set(doc) - {"sweep", "base"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} (expected sweep, base)")
     try:
-        base = from_dict(base_tree)
+        base = from_dict(doc.get("base") or {})
     except ConfigError as exc:
         raise ConfigError(f"{path}: base: {exc}") from exc
-    check_objective(base.objective)
-    search = sweep.get("search", "random")
-    if search not in SEARCHES:
-        raise ConfigError(f"{path}: sweep.search={search!r}: expected one of {', '.join(SEARCHES)}")
-    space = sweep.get("space") or {}
-    if not space:
-        raise ConfigError(f"{path}: sweep.space is empty")
-    known = set(flatten(base))
-    for key, spec in space.items():
-        _check_param(key, spec, base, known)
-    if search != "grid" and any(s["type"] == "grid" for s in space.values()):
-        raise ConfigError(f"{path}: grid values need sweep.search=grid")
-    mode = sweep.get("mode", "max")
-    if mode not in ("min", "max"):
-        raise ConfigError(f"{path}: sweep.mode={mode!r}: expected min or max")
-    num_samples = int(sweep.get("num_samples", 1))
-    if num_samples < 1:
-        raise ConfigError(f"{path}: sweep.num_samples must be >= 1")
-    metric = sweep.get("metric", "loss")
-    if metric.startswith("eval/") and not base.eval.every:
-        raise ConfigError(f"{path}: sweep.metric={metric} needs base.eval.every > 0 (periodic evaluation)")
-    return Sweep(
-        name=sweep.get("name") or path.stem,
-        search=search,
-        num_samples=num_samples,
-        metric=metric,
-        mode=mode,
-        max_concurrent_trials=int(sweep.get("max_concurrent_trials", 1)),
-        asha=sweep.get("asha"),
-        space=space,
-        base=base,
-        trial_cpus=float(sweep.get("trial_cpus", 1.0)),
-    )
+    try:
+        section = from_tree(SweepConfig, doc["sweep"])
+        fields = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+        return Sweep(**{**fields, "name": section.name or path.stem}, base=base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
-def tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def tune_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
     """Ray Tune's param_space for the validated space."""
     from ray import tune
 
     out: dict[str, Any] = {}
     for key, spec in space.items():
-        kind = spec["type"]
-        if kind == "loguniform":
-            out[key] = tune.loguniform(spec["low"], spec["high"])
-        elif kind == "uniform":
-            out[key] = tune.uniform(spec["low"], spec["high"])
-        elif kind == "randint":
-            out[key] = tune.randint(int(spec["low"]), int(math.ceil(spec["high"])))
-        elif kind == "choice":
-            out[key] = tune.choice(spec["values"])
+        if spec.type == "loguniform":
+            out[key] = tune.loguniform(spec.low, spec.high)
+        elif spec.type == "uniform":
+            out[key] = tune.uniform(spec.low, spec.high)
+        elif spec.type == "randint":
+            out[key] = tune.randint(int(spec.low), int(math.ceil(spec.high)))
+        elif spec.type == "choice":
+            out[key] = tune.choice(spec.values)
         else:
-            out[key] = tune.grid_search(spec["values"])
+            out[key] = tune.grid_search(spec.values)
     return out

@@ -18,10 +18,19 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from usvs_dist.config import env_sources, from_dict, redact, redacted, to_dict, to_yaml
+from usvs_dist.config import (
+    ConfigError,
+    apply_overrides,
+    env_sources,
+    from_dict,
+    redact,
+    redacted,
+    to_dict,
+    to_yaml,
+)
 from usvs_dist.tracking import MlflowTracker, finish_run, mark_stopped_trials, open_run, resolve_uri
 from usvs_dist.train.launch import run as train_run
-from usvs_dist.tune.space import Sweep, tune_space, with_params
+from usvs_dist.tune.space import Sweep, tune_space
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
@@ -32,7 +41,7 @@ def _trial(params: dict, *, base: dict, env: dict, sweep_name: str, parent_run_i
 
     `env`: the base's env_sources, so the trial's run logs those keys redacted too.
     """
-    cfg = with_params(from_dict(base, env), params)
+    cfg = apply_overrides(from_dict(base, env), params)
     trial = tune.get_context().get_trial_id()
     cfg.train.run_name = f"{sweep_name}-{trial}"
     train_run(
@@ -61,8 +70,8 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
     """
     base = sweep.base
     if not base.data.shards:
-        raise ValueError(
-            "config key data.shards of the sweep's base is empty: resolve it first "
+        raise ConfigError(
+            f"config key {base.data.key('shards')} of the sweep's base is empty: resolve it first "
             "(usvs_dist.phantom.resolve_shards builds the phantom shards)"
         )
     base.train.storage_path = str(Path(base.train.storage_path).expanduser().resolve())
@@ -72,7 +81,7 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
         uri,
         base.tracking.experiment,
         sweep.name,
-        {f"space.{k}": json.dumps(v) for k, v in sweep.space.items()}
+        {f"space.{k}": json.dumps(v.to_json()) for k, v in sweep.space.items()}
         | {"search": sweep.search, "metric": sweep.metric, "mode": sweep.mode},
         tags={"usvs.sweep": sweep.name, "recipe": base.objective.recipe},
     )
@@ -92,10 +101,10 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
             # Past the last report, so a trial that survives every rung ends by returning (and
             # closes its MLflow run) rather than being stopped at its final step.
             max_t=base.train.steps + 1,
-            grace_period=int(sweep.asha.get("grace_period", 1)),
-            reduction_factor=float(sweep.asha.get("reduction_factor", 2)),
+            grace_period=sweep.asha.grace_period,
+            reduction_factor=sweep.asha.reduction_factor,
         )
-        if sweep.asha
+        if sweep.asha is not None
         else None
     )
     experiment = Path(storage_path).expanduser().resolve() / sweep.name
@@ -148,7 +157,7 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
     if best_value is not None:
         tracker.log_metrics({f"best/{sweep.metric}": float(best_value)}, 0)
     tracker.log_text(json.dumps(redact(summary), indent=2, default=str), "best_trial.json")
-    tracker.log_text(to_yaml(redacted(with_params(base, summary["params"]))), "config/best.yaml")
+    tracker.log_text(to_yaml(redacted(apply_overrides(base, summary["params"]))), "config/best.yaml")
     finish_run(uri, parent, ok=not results.errors)
     print_fn(
         f"sweep {sweep.name}: best {sweep.metric}={best_value} with {summary['params']} (MLflow run {parent})"

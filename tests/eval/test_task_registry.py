@@ -1,0 +1,70 @@
+"""The task registry: the evaluation entry and periodic evaluation run the same tasks from it."""
+
+from __future__ import annotations
+
+from usvs_dist.config import load_config
+from usvs_dist.eval import tasks
+from usvs_dist.eval.encoders import build_encoders
+from usvs_dist.evaluate import evaluate
+from usvs_dist.models import build_model
+from usvs_dist.train.periodic_eval import PeriodicEval
+
+TINY = ["model.width=4", "model.embed_dim=8", "data.frame_size=32"]
+
+
+def _registry(monkeypatch) -> list[tuple[str, str]]:
+    """Replace TASKS with recording tasks on fake clips; returns the (task, encoders' source) runs."""
+    runs: list[tuple[str, str]] = []
+    clips = tasks.Clips("fake", lambda cfg: ["train"], False, False, lambda clips, cfg: "fake clips")
+    monkeypatch.setattr(tasks.Clips, "load", lambda self, cfg, location, max_clips: object())
+
+    def task(name: str, periodic: bool = True, heads: tuple[str, ...] = ()) -> tasks.Task:
+        def run(enc, clips, protocols):
+            runs.append((name, enc.source))
+            return {f"{name}/score": 1.0, f"{name}/score_std": 0.0}, None
+
+        return tasks.Task(run, clips, ("video", "image"), heads=heads, periodic=periodic)
+
+    monkeypatch.setattr(
+        tasks,
+        "TASKS",
+        {
+            "alpha": task("alpha"),
+            "beta": task("beta", periodic=False),
+            "gamma": task("gamma", heads=("video", "audio")),
+        },
+    )
+    return runs
+
+
+def test_evaluate_and_periodic_evaluation_loop_over_the_same_registry(monkeypatch, tmp_path):
+    runs = _registry(monkeypatch)
+    cfg = load_config(None, TINY)
+    enc = build_encoders(cfg, None, "trained")
+    result = evaluate(enc, "nowhere", list(tasks.TASKS), ("linear",), tmp_path)
+    assert runs == [(n, s) for n in ("alpha", "beta", "gamma") for s in ("trained", "random init")]
+    assert result["pretrained"] == {
+        f"{n}/score{k}": v for n in ("alpha", "beta", "gamma") for k, v in (("", 1.0), ("_std", 0.0))
+    }
+    assert "- fake: fake clips" in result["report"]
+
+    runs.clear()
+    model = build_model(cfg, {"video", "audio"})
+    metrics = PeriodicEval(cfg, "nowhere")(model)
+    assert runs == [("alpha", "training"), ("gamma", "training")]
+    assert metrics == {"eval/alpha/score": 1.0, "eval/gamma/score": 1.0}
+    assert model.training
+
+    # A task whose heads the model lacks is skipped during training.
+    runs.clear()
+    PeriodicEval(cfg, "nowhere")(build_model(cfg, {"order_logits"}))
+    assert runs == [("alpha", "training")]
+
+
+def test_the_registry_keeps_the_entry_s_tasks_and_training_s_subset():
+    assert list(tasks.TASKS) == ["planes", "saliency", "retrieval"]
+    assert list(tasks.periodic_tasks()) == ["planes", "retrieval"]
+    assert tasks.TASKS["planes"].clips is tasks.TASKS["saliency"].clips
+    assert not tasks.LABELLED_CLIPS.audio and tasks.NARRATED_CLIPS.audio
+    fresh = build_encoders(load_config(None, TINY), None, "random")  # encoders, no heads
+    assert tasks.TASKS["planes"].runs_on(fresh) and not tasks.TASKS["retrieval"].runs_on(fresh)
