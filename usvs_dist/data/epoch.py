@@ -12,10 +12,10 @@ A plan is a pure function of (shard clip counts, epoch, seed, ranks, workers, ba
 5. every stream yields the same number of batches: floor(smallest stream's clips / batch).
    Clips beyond that in larger streams are not used this epoch (reported; the next epoch's
    shuffle leaves out others). Without resampling no clip is read twice in an epoch.
-A stream reads its units `interleave` at a time, drawing the next clip from an open unit chosen
-with probability proportional to the clips it has left (seeded by seed, epoch, stream): with
-every unit open that is a uniformly random merge of the units, so a batch's clips come from its
-units as a uniform draw of the stream would take them. The order is fixed by the plan alone, so
+A stream reads its units in `interleave` lanes, one unit per lane open at a time, drawing the
+next clip from a lane chosen with probability proportional to the clips it has left (seeded by
+seed, epoch, stream): a uniformly random merge of the lanes, so a batch's clips come from them as
+a uniform draw of the stream would take them. The order is fixed by the plan alone, so
 a position (clips read) restores a stream: units finished before it are never opened again.
 """
 
@@ -123,23 +123,33 @@ def plan_epoch(
 
 
 def read_order(units: tuple[Unit, ...], interleave: int, seed: str) -> list[int]:
-    """Unit index of every clip the stream reads, in order: `interleave` units open at a time."""
+    """Unit index of every clip the stream reads, in order, with at most `interleave` units open.
+
+    The units are dealt into `interleave` lanes (each to the lane with the fewest clips so far),
+    a lane reading its units one after another; each next clip comes from a lane drawn with
+    probability proportional to the clips it has left. That is a uniformly random merge of the
+    lanes, so any stretch of the order (a batch) draws from the lanes in proportion to their
+    sizes, up to the stream's last clip; drawing among open units alone would leave the units
+    opened last to fill the end of the epoch on their own.
+    """
+    lanes: list[list[int]] = [[] for _ in range(max(1, min(interleave, len(units))))]
+    left = [0] * len(lanes)
+    for u, unit in enumerate(units):
+        k = min(range(len(lanes)), key=lambda j: (left[j], j))
+        lanes[k].append(u)
+        left[k] += unit.clips
     remaining = [u.clips for u in units]
-    upcoming = iter(range(len(units)))
-    open_units = [u for _, u in zip(range(max(1, interleave)), upcoming, strict=False)]
+    current = [0] * len(lanes)
     rng = random.Random(seed)
     order: list[int] = []
-    while open_units:
-        k = rng.choices(range(len(open_units)), weights=[remaining[u] for u in open_units])[0]
-        unit = open_units[k]
+    while any(left):
+        k = rng.choices(range(len(lanes)), weights=left)[0]
+        while remaining[lanes[k][current[k]]] == 0:  # the lane's unit is done: its next one opens
+            current[k] += 1
+        unit = lanes[k][current[k]]
         order.append(unit)
         remaining[unit] -= 1
-        if remaining[unit] == 0:
-            nxt = next(upcoming, None)
-            if nxt is None:
-                open_units.pop(k)
-            else:
-                open_units[k] = nxt
+        left[k] -= 1
     return order
 
 
