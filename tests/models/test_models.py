@@ -115,17 +115,19 @@ def test_weights_round_trip_from_a_state_dict_and_from_encoders_pt(tmp_path):
             assert torch.equal(loaded.encoders["video"].state_dict()[k], v), (file, k)
 
 
-def test_torchvision_classifier_keys_are_dropped_and_rgb_weights_need_three_channels(tmp_path):
+def test_torchvision_classifier_keys_are_dropped_and_one_channel_weights_need_one_channel(tmp_path):
     torch.save(tv_resnet18(weights=None).state_dict(), tmp_path / "imagenet.pt")
     rgb = ENCODERS["image"]["resnet18"](3, 8, DATA)
     load_encoder_weights(rgb, str(tmp_path / "imagenet.pt"), "image")
     grey = ENCODERS["image"]["resnet18"](1, 8, DATA)
+    load_encoder_weights(grey, str(tmp_path / "imagenet.pt"), "image")  # stem summed over colour
+    torch.save(grey.state_dict(), tmp_path / "grey.pt")
     with pytest.raises(
         ValueError,
-        match=r"model.image_weights=.*imagenet.pt does not fit model.image: shape mismatch "
-        r"at conv1.weight: file \(64, 3, 7, 7\), encoder \(64, 1, 7, 7\).*data.channels",
+        match=r"model.image_weights=.*grey.pt does not fit model.image: shape mismatch "
+        r"at conv1.weight: file \(64, 1, 7, 7\), encoder \(64, 3, 7, 7\).*data.channels",
     ):
-        load_encoder_weights(grey, str(tmp_path / "imagenet.pt"), "image")
+        load_encoder_weights(rgb, str(tmp_path / "grey.pt"), "image")
 
 
 def test_bad_weight_files_are_named(tmp_path):

@@ -37,12 +37,20 @@ class _ConvBlock(nn.Module):
 
 class CNN14(nn.Module):
     """CNN14: BatchNorm over mel bins, six ConvBlocks (widths w..32w; w = 64 in PANNs), mean over
-    mel, max + mean over time, a 32w -> 32w embedding layer. PANNs' dropout rates are kept."""
+    mel, max + mean over time, a 32w -> 32w embedding layer. PANNs' dropout rates are kept.
 
-    def __init__(self, in_channels: int, width: int, n_mels: int):
+    Input is mel x time (PANNs' is time x mel): `models.weights` transposes PANNs' conv kernels on
+    loading. Pooling keeps a trailing odd row or column (ceil_mode) that PANNs drops, so the two
+    agree exactly when M and F are multiples of 32.
+    """
+
+    def __init__(self, in_channels: int, width: int, n_mels: int, log_mel: dict[str, float] | None = None):
         super().__init__()
         widths = [width * 2**k for k in range(6)]
         self.out_features = widths[-1]
+        self.log_mel = dict(log_mel or {})
+        """The log-mel settings it is built for, by config key; pretrained weights are checked
+        against them (empty: unknown, nothing checked)."""
         self.bn0 = nn.BatchNorm2d(n_mels)
         blocks, cin = [], in_channels
         for k, cout in enumerate(widths):
@@ -89,15 +97,24 @@ class TinyAudioEncoder(nn.Module):
         return self.blocks(audio_B1MF).mean(dim=(2, 3))
 
 
+LOG_MEL_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
+"""The `data.*` fields that decide what a log-mel bin and frame mean."""
+
+
+def log_mel_settings(data: DataConfig) -> dict[str, float]:
+    """The data config's log-mel settings by config key, e.g. {"data.sample_rate": 16000, ...}."""
+    return {f"data.{k}": getattr(data, k) for k in LOG_MEL_KEYS}
+
+
 def cnn14(in_channels: int, width: int, data: DataConfig) -> nn.Module:
     """CNN14 at the published width (64; F = 2048)."""
     del width
-    return CNN14(in_channels, 64, data.n_mels)
+    return CNN14(in_channels, 64, data.n_mels, log_mel_settings(data))
 
 
 def tiny_cnn14(in_channels: int, width: int, data: DataConfig) -> nn.Module:
     """CNN14's layout at base width `model.width // 2` (F = 16 x width)."""
-    return CNN14(in_channels, max(1, width // 2), data.n_mels)
+    return CNN14(in_channels, max(1, width // 2), data.n_mels, log_mel_settings(data))
 
 
 def tiny2d(in_channels: int, width: int, data: DataConfig) -> nn.Module:
