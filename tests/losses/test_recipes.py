@@ -140,7 +140,9 @@ def test_declared_config_keys_drive_recipe_reads(monkeypatch):
     assert reads("usvs2020", "train.steps")
     custom = ("objective.recipe=custom", "objective.terms=[{term: order_ce}]")
     assert reads("custom", "objective.pretext.subclips", *custom[1:])
-    assert not reads("custom", "objective.pretext.rotations", *custom[1:])
+    # The order head reads the rotated clip too (isbi2020's one input), but not the transform's weight.
+    assert reads("custom", "objective.pretext.rotations", *custom[1:])
+    assert not reads("custom", "objective.pretext.transform_weight", *custom[1:])
     # The declaration is the only source: a term that declares a key makes its recipes read it.
     monkeypatch.setitem(
         TERMS, "va_selfpaced_nce", replace(TERMS["va_selfpaced_nce"], reads=("objective.margin",))

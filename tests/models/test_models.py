@@ -92,8 +92,7 @@ def test_model_is_assembled_from_what_the_recipe_reads(recipe, outputs, modules)
         "image": torch.rand(3, 1, 32, 32),
         "image_view1": torch.rand(3, 1, 32, 32),
         "image_view2": torch.rand(3, 1, 32, 32),
-        "order_clips": torch.rand(3, 3, 1, 2, 32, 32),
-        "rotated_video": torch.rand(3, 1, 6, 32, 32),
+        "pretext_clips": torch.rand(3, 3, 1, 2, 32, 32),
     }
     out = model(inputs)
     assert set(out) == outputs

@@ -21,9 +21,13 @@ def test_registry_names_are_checked():
     check_config(load_config(None, ["objective.recipe=isbi2020", "model.audio=cnn99"]))
 
 
-def test_order_prediction_needs_a_frame_per_subclip():
+def test_the_pretext_view_needs_a_frame_per_subclip():
     with pytest.raises(ValueError, match="data.num_frames=2 .* objective.pretext.subclips=3"):
         check_config(load_config(None, ["objective.recipe=isbi2020", "data.num_frames=2"]))
+    # The rotation head alone reads the shuffled-and-rotated clip too.
+    rotation_only = ["objective.recipe=custom", "objective.terms=[{term: rotation_ce, weight: 1.0}]"]
+    with pytest.raises(ValueError, match="data.num_frames=2"):
+        check_config(load_config(None, [*rotation_only, "data.num_frames=2"]))
 
 
 def test_label_recipe_fails_before_workers_on_unlabelled_shards(tmp_path, caplog):

@@ -28,7 +28,7 @@ def _batch(n: int = 4) -> dict:
     [
         ("usvs2020", {"video", "audio"}, set()),
         ("dual2024", {"video", "audio", "image"}, set()),
-        ("isbi2020", {"order_clips", "rotated_video"}, {"order_target", "rotation_target"}),
+        ("isbi2020", {"pretext_clips"}, {"order_target", "rotation_target"}),
         ("awcl2022", {"image_view1", "image_view2"}, {"anatomy_label"}),
     ],
 )
@@ -87,3 +87,32 @@ def test_a_loss_on_a_new_view_is_its_term_its_output_and_its_view(monkeypatch):
 def test_an_output_no_view_makes_is_named():
     with pytest.raises(ValueError, match=r"makes \['nowhere'\]"):
         views.views_for({"nowhere"}, set())
+
+
+def test_isbi2020_encodes_one_shuffled_and_rotated_clip_for_both_heads():
+    cfg = load_config(None, ["objective.recipe=isbi2020", *TINY])
+    needs = check_objective(cfg.objective)
+    batch = _batch()
+    torch.manual_seed(0)
+    inputs, targets = BatchViews(cfg, needs)(batch, torch.device("cpu"), torch.float32)
+    # One input: the K = 3 sub-clips of 2 frames in the drawn order, turned as drawn, seen
+    # through the centred disc; the two targets describe that same clip.
+    assert set(inputs) == {"pretext_clips"} and set(targets) == {"order_target", "rotation_target"}
+    torch.manual_seed(0)
+    expected, order, rotation = views.pretext_views(
+        batch["video"], views.order_permutations(3), 4, cfg.objective.pretext.circle_radius
+    )
+    assert torch.equal(inputs["pretext_clips"], expected)
+    assert torch.equal(targets["order_target"], order) and torch.equal(targets["rotation_target"], rotation)
+
+    model = build_model(cfg, needs.outputs)
+    calls = []
+    model.encoders["video"].register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    out = model(inputs)
+    assert calls == [(4 * 3, 1, 2, 32, 32)]  # the encoder runs once, on the B x K sub-clips
+    assert out["order_logits"].shape == (4, 6) and out["rotation_logits"].shape == (4, 4)
+    parts = objective_parts({**out, **targets}, cfg.objective, 0.0)
+    assert {"order_loss", "transform_loss"} <= set(parts)
+    total_loss(parts).backward()
+    for head in ("order", "rotation"):
+        assert next(model.pretext[head].parameters()).grad is not None, head

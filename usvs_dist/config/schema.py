@@ -302,17 +302,24 @@ class PretextConfig(Section):
     """Orders P to classify; 0: all K!, else the first P in lexicographic order."""
     rotations: Literal[2, 4] = 4
     """Rotations to classify: 4 (0/90/180/270 degrees) or 2 (0/180)."""
+    transform_region: Literal["circle", "full"] = "circle"
+    """Where the rotated clip is seen: circle, through a centred disc (every clip, rotated or not,
+    is blanked outside it, so the sector's outline cannot tell the rotation); full, the whole
+    frame (the fan's outline shows how it was turned)."""
+    circle_radius: float = 0.4
+    """Radius of that disc as a share of half the frame side; keep the disc inside the sector."""
     transform_weight: float = 1.0
     """w in L = CE_order + w CE_transform."""
 
     def check(self) -> None:
-        """Sub-clips, permutations of them, and the transform weight."""
+        """Sub-clips, permutations of them, the disc radius and the transform weight."""
         self.require(2 <= self.subclips <= 5, "subclips", "an integer in [2, 5]")
         self.require(
             self.permutations == 0 or 2 <= self.permutations <= math.factorial(self.subclips),
             "permutations",
             f"0 (all) or in [2, {math.factorial(self.subclips)}] for {self.subclips} sub-clips",
         )
+        self.require(0.0 < self.circle_radius <= 1.0, "circle_radius", "in (0, 1]")
         self.require(self.transform_weight >= 0, "transform_weight", ">= 0")
 
 

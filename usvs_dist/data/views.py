@@ -1,5 +1,5 @@
 """Views a recipe trains on, made from a batch on the training device: the batch's own clips,
-frames and log-mels, sub-clip orders and rotations (isbi2020), two augmented views of a frame
+frames and log-mels, a sub-clip-shuffled and rotated clip (isbi2020), two augmented views of a frame
 and anatomy labels (awcl2022); see docs/methods.md. `VIEWS` names each view with the model
 inputs and targets it makes (`usvs_dist.models.outputs.OUTPUTS` names the inputs an output
 consumes; loss terms name the targets they read).
@@ -46,18 +46,53 @@ def order_views(video_BCTHW: torch.Tensor, perms_PK: torch.Tensor) -> tuple[torc
     return subclips_BKCtHW[torch.arange(B, device=video_BCTHW.device)[:, None], order_BK], target_B
 
 
-def rotation_views(video_BCTHW: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate each clip by a random multiple of 360/rotations degrees; returns (clips, class [B])."""
-    if video_BCTHW.shape[-1] != video_BCTHW.shape[-2]:
-        raise ValueError(f"rotation prediction needs square frames, got {tuple(video_BCTHW.shape[-2:])}")
-    target_B = torch.randint(rotations, (video_BCTHW.shape[0],), device=video_BCTHW.device)
+def centred_disc(size: int, radius: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[size, size] bool: pixels whose centre lies within `radius` x size / 2 of the frame centre.
+
+    Centred on the pixel grid, so a quarter turn or a flip maps the disc exactly onto itself.
+    """
+    coords = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
+    return coords[:, None] ** 2 + coords[None, :] ** 2 <= (radius * size / 2) ** 2
+
+
+def rotation_views(
+    clips: torch.Tensor, rotations: int, radius: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each clip by a random multiple of 360/rotations degrees; returns (clips, class [B]).
+
+    The clips are any [B, ..., H, W] with square frames. With `radius`, every clip, rotated or
+    not, is set to 0 outside the centred disc of that radius (`centred_disc`): what stays visible
+    is the same disc for every class, so the outline of a fan-shaped sector, which a quarter turn
+    moves, cannot tell the class; only the content inside the disc can. Without it the whole frame
+    turns, outline included.
+    """
+    H, W = clips.shape[-2:]
+    if H != W:
+        raise ValueError(f"rotation prediction needs square frames, got {(H, W)}")
+    target_B = torch.randint(rotations, (clips.shape[0],), device=clips.device)
     quarter_turns = 4 // rotations
-    rotated = video_BCTHW.clone()
+    rotated = clips.clone()
     for k in range(1, rotations):
         rows = target_B == k
         if rows.any():
-            rotated[rows] = torch.rot90(video_BCTHW[rows], k * quarter_turns, dims=(-2, -1))
+            rotated[rows] = torch.rot90(clips[rows], k * quarter_turns, dims=(-2, -1))
+    if radius is not None:
+        rotated.mul_(centred_disc(H, radius, clips.device))
     return rotated, target_B
+
+
+def pretext_views(
+    video_BCTHW: torch.Tensor, perms_PK: torch.Tensor, rotations: int, radius: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """isbi2020's one input: each clip cut into K sub-clips put in a drawn order (`order_views`),
+    then the whole reordered clip rotated by a drawn class (`rotation_views`, through the disc of
+    `radius` if given), so both predictions are made from the same clip.
+
+    Returns (clips [B, K, C, T // K, H, W], order index [B] into perms_PK, rotation class [B]).
+    """
+    clips, order_B = order_views(video_BCTHW, perms_PK)
+    clips, rotation_B = rotation_views(clips, rotations, radius)
+    return clips, order_B, rotation_B
 
 
 def two_views(image_BCHW: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,15 +168,15 @@ def _as_is(key: str) -> Callable[[ViewBatch], dict[str, torch.Tensor]]:
 _permutations = functools.lru_cache(order_permutations)
 
 
-def _order(b: ViewBatch) -> dict[str, torch.Tensor]:
+def _pretext(b: ViewBatch) -> dict[str, torch.Tensor]:
     pretext = b.cfg.objective.pretext
-    clips, target = order_views(b.moved("video"), _permutations(pretext.subclips, pretext.permutations))
-    return {"order_clips": clips, "order_target": target}
-
-
-def _rotation(b: ViewBatch) -> dict[str, torch.Tensor]:
-    rotated, target = rotation_views(b.moved("video"), b.cfg.objective.pretext.rotations)
-    return {"rotated_video": rotated, "rotation_target": target}
+    clips, order, rotation = pretext_views(
+        b.moved("video"),
+        _permutations(pretext.subclips, pretext.permutations),
+        pretext.rotations,
+        pretext.circle_radius if pretext.transform_region == "circle" else None,
+    )
+    return {"pretext_clips": clips, "order_target": order, "rotation_target": rotation}
 
 
 def _two_views(b: ViewBatch) -> dict[str, torch.Tensor]:
@@ -159,8 +194,7 @@ VIEWS: dict[str, View] = {
     "video": View(_as_is("video"), inputs=("video",)),
     "audio": View(_as_is("audio"), inputs=("audio",)),
     "image": View(_as_is("image"), inputs=("image",)),
-    "order": View(_order, inputs=("order_clips",), targets=("order_target",)),
-    "rotation": View(_rotation, inputs=("rotated_video",), targets=("rotation_target",)),
+    "pretext": View(_pretext, inputs=("pretext_clips",), targets=("order_target", "rotation_target")),
     "two_views": View(_two_views, inputs=("image_view1", "image_view2")),
     "anatomy": View(_anatomy, targets=("anatomy_label",)),
 }

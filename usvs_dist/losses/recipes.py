@@ -82,7 +82,11 @@ def _f(*names: str) -> frozenset[str]:
 
 _NCE = ("objective.temperature", "objective.symmetric")
 _TRIPLET = ("objective.margin",)
-_ORDER = ("objective.pretext.subclips", "objective.pretext.permutations")
+# Both isbi2020 heads read the one shuffled and rotated clip: every key of that view counts.
+_PRETEXT = tuple(
+    f"objective.pretext.{k}"
+    for k in ("subclips", "permutations", "rotations", "transform_region", "circle_radius")
+)
 
 TERMS: dict[str, Term] = {
     "va_nce": Term(
@@ -101,14 +105,10 @@ TERMS: dict[str, Term] = {
         _self_paced, _f("video", "audio"), reads=(*_NCE, "objective.self_paced"), paper="usvs2020"
     ),
     "order_ce": Term(
-        _classify("order"), _f("order_logits"), _f("order_target"), reads=_ORDER, paper="isbi2020"
+        _classify("order"), _f("order_logits"), _f("order_target"), reads=_PRETEXT, paper="isbi2020"
     ),
     "rotation_ce": Term(
-        _classify("rotation"),
-        _f("rotation_logits"),
-        _f("rotation_target"),
-        reads=("objective.pretext.rotations",),
-        paper="isbi2020",
+        _classify("rotation"), _f("rotation_logits"), _f("rotation_target"), reads=_PRETEXT, paper="isbi2020"
     ),
     "anatomy_nce": Term(
         _anatomy,

@@ -58,8 +58,11 @@ OUTPUTS: dict[str, Output] = {
     "vi": Output(("video", "image"), ("video", "image"), head="fusion"),
     "image_view1": Output(("image",), ("image_view1",), encoded_with="image_view2"),
     "image_view2": Output(("image",), ("image_view2",), encoded_with="image_view1"),
-    "order_logits": Output(("video",), ("order_clips",), head="classifier", subclips=True, classes=_orders),
-    "rotation_logits": Output(("video",), ("rotated_video",), head="classifier", classes=_rotations),
+    # isbi2020: one shuffled and rotated clip, its K sub-clips encoded once, both heads on them.
+    "order_logits": Output(("video",), ("pretext_clips",), head="classifier", subclips=True, classes=_orders),
+    "rotation_logits": Output(
+        ("video",), ("pretext_clips",), head="classifier", subclips=True, classes=_rotations
+    ),
 }
 """Output name -> how it is computed. Shapes: [B, D] (unnormalised) for projections and fusions,
 [B, classes] logits for classifiers."""

@@ -81,9 +81,9 @@ class PretrainModel(nn.Module):
         """Inputs by name -> outputs by name (only those this model was built for).
 
         Inputs (the views OUTPUTS names): video [B, C, T, H, W], audio [B, 1, M, F], image
-        [B, C, H, W], image_view1 and image_view2 [B, C, H, W], order_clips [B, K, C, T/K, H, W],
-        rotated_video [B, C, T, H, W]. Outputs: video, audio, image, va, vi, image_view1,
-        image_view2 [B, D] (unnormalised), order_logits [B, P], rotation_logits [B, R].
+        [B, C, H, W], image_view1 and image_view2 [B, C, H, W], pretext_clips [B, K, C, T/K, H, W]
+        (encoded once for both of its classifiers). Outputs: video, audio, image, va, vi,
+        image_view1, image_view2 [B, D] (unnormalised), order_logits [B, P], rotation_logits [B, R].
         """
         cache: dict[tuple[str, str], torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}

@@ -24,6 +24,7 @@ from usvs_dist.dist.engine import deepspeed_config
 from usvs_dist.eval.encoders import ENCODERS_FILE
 from usvs_dist.losses import Requirements, check_objective
 from usvs_dist.models import check_names, modalities_for
+from usvs_dist.models.outputs import model_inputs
 from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
 from usvs_dist.train.loop import train_loop_per_worker
 from usvs_dist.train.resume import latest_complete_checkpoint
@@ -51,9 +52,9 @@ def check_config(cfg: RootConfig) -> Requirements:
     needs = check_objective(cfg.objective)
     check_names(cfg.model, modalities_for(needs.outputs))
     pretext = cfg.objective.pretext
-    if "order_logits" in needs.outputs and cfg.data.num_frames < pretext.subclips:
+    if "pretext_clips" in model_inputs(needs.outputs) and cfg.data.num_frames < pretext.subclips:
         raise ConfigError(
-            f"config key {cfg.data.key('num_frames')}={cfg.data.num_frames} is invalid: order prediction "
+            f"config key {cfg.data.key('num_frames')}={cfg.data.num_frames} is invalid: the pretext view "
             f"cuts clips into {pretext.key('subclips')}={pretext.subclips} sub-clips of at least one frame"
         )
     return needs
