@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 
 import torch
@@ -55,8 +56,17 @@ class MetricsWindow:
         counts = torch.tensor([float(bad), float(padded), loader.frames_ratio()], device=self.device)
         bad_mean, padded_mean, frames_ratio = collectives.all_reduce_mean(counts).tolist()
         world = collectives.world_size()
+        # ru_maxrss is in KiB on Linux: the largest resident set any rank's training process reached
+        # so far (its DataLoader workers are processes of their own, not counted).
+        peak_kib = torch.tensor(
+            [float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)], device=self.device
+        )
         codes = torch.tensor([scan_code(s) for s in self.scans], dtype=torch.int64, device=self.device)
         global_scans = [str(c) for c in collectives.gather_nograd(codes).tolist()]
+        memory = {"peak_rss_mib": collectives.gather_nograd(peak_kib).max().item() / 1024}
+        if self.device.type == "cuda":
+            peak = torch.tensor([float(torch.cuda.max_memory_allocated(self.device))], device=self.device)
+            memory["peak_gpu_mib"] = collectives.gather_nograd(peak).max().item() / 2**20
         return {
             "same_scan_pair_share": same_scan_pair_share(global_scans),
             **means,
@@ -68,6 +78,7 @@ class MetricsWindow:
             "padded_samples": padded_mean * world,
             "decode_frames_ratio": frames_ratio,
             "loader_epoch": loader.current_epoch,
+            **memory,
         }
 
     def clear(self) -> None:
