@@ -171,6 +171,17 @@ def test_sections_built_in_code_check_their_choices_and_ranges_under_their_full_
         AugmentConfig(brightness=1.5)
 
 
+def test_sync_bn_is_refused_on_cpu_runs_before_any_worker_starts():
+    # torch.nn.SyncBatchNorm runs on CUDA tensors only (its forward raises for a CPU input).
+    expected = r"^config key model.sync_bn=True is invalid: expected false when train.use_gpu is false"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, ["model.sync_bn=true"])
+    with pytest.raises(ConfigError, match=expected):
+        from_dict({"model": {"sync_bn": True}})  # the tree workers rebuild from
+    cfg = load_config(None, ["model.sync_bn=true", "train.use_gpu=true"])
+    assert cfg.model.sync_bn and cfg.train.use_gpu
+
+
 def test_section_keys_are_where_the_sections_sit_in_the_tree():
     from usvs_dist import config
     from usvs_dist.config.schema import Split, choice_fields

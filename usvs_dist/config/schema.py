@@ -259,6 +259,9 @@ class ModelConfig(Section):
     """Optional local file of audio-encoder weights."""
     image_weights: str = ""
     """Optional local file of image-encoder weights."""
+    sync_bn: bool = False
+    """Encoders' BatchNorm over the global batch (torch.nn.SyncBatchNorm, a collective per layer
+    per forward; GPU runs only). The projection heads' BatchNorm is global either way."""
 
     def check(self) -> None:
         """Widths and sizes (encoder names: models.check_names)."""
@@ -563,8 +566,17 @@ class RootConfig(Section):
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> None:
-        """train.global_batch, when set, against the batch product it must equal."""
+        """train.global_batch, when set, against the batch product it must equal; model.sync_bn
+        only on GPU runs."""
         data, train = self.data, self.train
+        # torch.nn.SyncBatchNorm.forward (torch/nn/modules/batchnorm.py) raises "SyncBatchNorm
+        # expected input tensor to be on GPU ..." for a CPU input whenever a process group is up,
+        # even at world size 1: refuse here, before any worker starts.
+        self.model.require(
+            not (self.model.sync_bn and not train.use_gpu),
+            "sync_bn",
+            f"false when {train.key('use_gpu')} is false (torch.nn.SyncBatchNorm needs CUDA tensors)",
+        )
         per_step = data.batch_size * train.num_workers * train.grad_accum_steps
         train.require(
             train.global_batch in (0, per_step),

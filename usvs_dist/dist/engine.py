@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from usvs_dist.config.schema import OptimConfig, RootConfig
+from usvs_dist.dist.collectives import global_batchnorm
 
 
 def deepspeed_config(cfg: RootConfig) -> dict[str, Any]:
@@ -55,12 +56,31 @@ def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def distribute_batchnorm(model: nn.Module, sync_bn: bool) -> nn.Module:
+    """The model's BatchNorm layers made to normalise over the global batch, in place.
+
+    Always: each nn.BatchNorm1d (the projection and pretext heads' BatchNorm over [B, D]
+    features) becomes a GlobalBatchNorm1d, on gloo and NCCL, so the gathered losses equal one
+    process on the global batch for the heads too, and positives no longer share statistics that
+    most negatives do not. With `model.sync_bn` every BatchNorm (the encoders' 2d/3d ones too)
+    becomes torch.nn.SyncBatchNorm instead: a collective per layer per forward, CUDA only (config
+    validation refuses it on CPU). Parameters, buffers and state-dict keys stay the same, so
+    checkpoints and encoders.pt read either way. Models stay plain modules (models/ does not
+    import dist/); this is where they meet the process group.
+    """
+    if sync_bn:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return global_batchnorm(model)
+
+
 def build_engine(model: nn.Module, cfg: RootConfig):
     """deepspeed.initialize on an already-initialised process group (Ray Train made it).
 
-    The LR schedule is a torch LambdaLR handed to DeepSpeed, which steps it at each optimizer
-    step (not micro-step) and saves it in its checkpoints.
+    The model's BatchNorm is made global first (`distribute_batchnorm`, in place). The LR
+    schedule is a torch LambdaLR handed to DeepSpeed, which steps it at each optimizer step (not
+    micro-step) and saves it in its checkpoints.
     """
+    model = distribute_batchnorm(model, cfg.model.sync_bn)
     if not cfg.train.use_gpu:
         # Must be set before deepspeed is first imported in this process.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -7,7 +7,13 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """Linear map to the shared latent followed by BatchNorm (dual2024's mu(x) = BN(theta f + b))."""
+    """Linear map to the shared latent followed by BatchNorm (dual2024's mu(x) = BN(theta f + b)).
+
+    In training the BatchNorm normalises over the global batch, every rank's rows: the engine
+    (`dist.engine.distribute_batchnorm`) swaps `norm` for a GlobalBatchNorm1d, which keeps these
+    keys and tensors. It is done there because models stay plain modules that never import dist/;
+    built alone (eval, one process) the head is exactly this.
+    """
 
     def __init__(self, in_features: int, embed_dim: int):
         super().__init__()
