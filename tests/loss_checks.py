@@ -99,3 +99,28 @@ def assert_two_ranks_match_one(
             # A rank's input gradient is W x the global one before the ranks' averaging.
             assert torch.allclose(out[r]["grads"][k] / world, x.grad[rows], atol=atol), (r, k)
         assert torch.allclose(out[r]["gw"], proj.weight.grad, atol=atol), r
+
+
+# Same-scan negatives (usvs_dist.losses.negatives): ten clips of four scans, split 5 + 5 over two
+# ranks so that same-scan pairs cross ranks. Start times differ by 2 s (adjacent clips), 4 s (on
+# the window's edge), 4.5 s and more (beyond it); clips 3 and 7 are one clip twice (as in a padded
+# batch), and clip 8's scan has no other clip.
+SCANS_N = torch.tensor([11, 11, 12, 13, 12, 11, 12, 13, 14, 11])
+T0_N = torch.tensor([0.0, 2.0, 0.0, 6.0, 4.0, 4.0, 8.5, 6.0, 0.0, 14.0], dtype=torch.float64)
+WINDOW_S = 4.0
+
+
+def naive_excluded(scans, t0, mode: str, window_s: float = WINDOW_S) -> list[list[bool]]:
+    """excluded[k][j], looped from the definition: same scan (and, for window, starts at most
+    window_s apart), never k's own column."""
+    n = len(scans)
+    return [
+        [
+            j != k
+            and mode != "keep"
+            and int(scans[j]) == int(scans[k])
+            and (mode == "mask" or abs(float(t0[j]) - float(t0[k])) <= window_s)
+            for j in range(n)
+        ]
+        for k in range(n)
+    ]

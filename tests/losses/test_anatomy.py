@@ -8,25 +8,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
+from tests.loss_checks import SCANS_N, T0_N, WINDOW_S, assert_two_ranks_match_one, naive_excluded, sgd_losses
 from usvs_dist.config import AnatomyConfig
 from usvs_dist.data import schema
 from usvs_dist.data.views import anatomy_labels
-from usvs_dist.losses import anatomy_info_nce, info_nce
+from usvs_dist.losses import anatomy_info_nce, info_nce, same_scan_exclusions
 
 TAU = 0.2
 
 
-def naive_anatomy(z1, z2, labels, tau, ratio) -> float:
-    """(1 - r) instance InfoNCE + r SupCon over the other same-label samples, as loops, symmetrised."""
+def naive_anatomy(z1, z2, labels, tau, ratio, excluded: list[list[bool]] | None = None) -> float:
+    """(1 - r) instance InfoNCE + r SupCon over the other same-label samples, as loops, symmetrised;
+    samples excluded for k (same-scan neighbours) leave k's denominator unless they are positives."""
     n = z1.shape[0]
 
     def one_way(x, y):
         total = 0.0
         for k in range(n):
-            s = torch.stack([F.cosine_similarity(x[k], y[j], dim=0) / tau for j in range(n)])
-            log_p = s - torch.logsumexp(s, 0)
             others = [j for j in range(n) if j != k and labels[j] == labels[k] and labels[k] >= 0]
+            cols = [j for j in range(n) if j == k or j in others or not (excluded and excluded[k][j])]
+            s = torch.full((n,), float("-inf"))
+            s[cols] = torch.stack([F.cosine_similarity(x[k], y[j], dim=0) / tau for j in cols])
+            log_p = s - torch.logsumexp(s, 0)
             if others:
                 sup = -sum(log_p[j] for j in others) / len(others)
                 total += ((1 - ratio) * -log_p[k] + ratio * sup).item()
@@ -120,3 +123,38 @@ def test_anatomy_labels_follow_a_custom_vocabulary_and_its_coarse_groups():
     # Without a coarse grouping (or a background), coarse matches on the classes themselves.
     plain = schema.Vocabulary(("a", "b", "c"))
     assert anatomy_labels(torch.tensor([2, 0]), AnatomyConfig(granularity="coarse"), plain).tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("mode", ["mask", "window"])
+def test_same_scan_negatives_leave_the_denominators_but_positives_stay(mode):
+    g = torch.Generator().manual_seed(4)
+    z1, z2 = torch.randn(10, 5, generator=g), torch.randn(10, 5, generator=g)
+    # Clips 0 and 1 (same scan, 2 s apart) share a label: a positive pair that must stay.
+    labels = torch.tensor([0, 0, 1, -1, 2, 1, 2, 3, 1, -1])
+    exclude = same_scan_exclusions(SCANS_N, T0_N, mode, WINDOW_S)
+    loss, extras = anatomy_info_nce(z1, z2, labels, TAU, 0.4, exclude_BN=exclude)
+    excluded = naive_excluded(SCANS_N, T0_N, mode)
+    assert loss.item() == pytest.approx(naive_anatomy(z1, z2, labels, TAU, 0.4, excluded), abs=1e-5)
+    plain, plain_extras = anatomy_info_nce(z1, z2, labels, TAU, 0.4)
+    assert loss.item() < plain.item()  # fewer terms in every denominator
+    assert extras["anatomy_positive_share"] == plain_extras["anatomy_positive_share"]
+    # Every column but the own view excluded, labels all distinct: only positives left, loss 0.
+    everything = ~torch.eye(10, dtype=torch.bool)
+    alone, _ = anatomy_info_nce(z1, z2, torch.arange(10), TAU, 0.4, exclude_BN=everything)
+    assert alone.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _same_scan_anatomy(z1, z2, scan, t0, labels):
+    # Both modes in one spawn (each costs seconds): their sum's value and gradients.
+    def one(mode):
+        exclude = same_scan_exclusions(scan, t0, mode, WINDOW_S)
+        return anatomy_info_nce(z1, z2, labels, TAU, 0.4, exclude_BN=exclude)[0]
+
+    return one("mask") + 0.5 * one("window")
+
+
+def test_two_gloo_ranks_equal_one_process_without_same_scan_negatives():
+    g = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    labels = torch.tensor([0, 0, 1, -1, 2, 1, 2, 3, 1, -1])
+    assert_two_ranks_match_one(_same_scan_anatomy, [z1, z2, SCANS_N, T0_N], labels)

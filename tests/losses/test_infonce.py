@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
+from tests.loss_checks import SCANS_N, T0_N, WINDOW_S, assert_two_ranks_match_one, naive_excluded, sgd_losses
 from usvs_dist.dist import collectives
-from usvs_dist.losses import info_nce
+from usvs_dist.losses import info_nce, same_scan_exclusions
 
 TAU = 0.1
 
@@ -100,3 +101,60 @@ def test_masked_negatives_match_the_reference_on_the_admitted_columns():
         s = torch.stack([xs[k] @ ys[j] / TAU for j in cols])
         total += -(s[cols.index(k)] - torch.logsumexp(s, 0))
     assert got.item() == pytest.approx(total.item() / 6, abs=1e-5)
+
+
+def naive_info_nce_excluding(x, y, tau: float, excluded: list[list[bool]], symmetric: bool = True) -> float:
+    """L_c as loops over anchors k, each softmax over its positive and the j not excluded for k.
+
+    The reverse direction's anchor y_k has the same excluded j: whether clips k and j are
+    same-scan neighbours does not depend on the modality.
+    """
+    n = x.shape[0]
+
+    def one_way(a, b):
+        total = 0.0
+        for k in range(n):
+            cols = [j for j in range(n) if not excluded[k][j]]
+            s = torch.stack([F.cosine_similarity(a[k], b[j], dim=0) / tau for j in cols])
+            total += -(s[cols.index(k)] - torch.logsumexp(s, 0)).item()
+        return total / n
+
+    forward = one_way(x, y)
+    return 0.5 * (forward + one_way(y, x)) if symmetric else forward
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("mode", ["mask", "window"])
+def test_same_scan_negatives_match_the_looped_reference(mode, symmetric):
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    exclude = same_scan_exclusions(SCANS_N, T0_N, mode, WINDOW_S)
+    got = info_nce(x, y, TAU, symmetric=symmetric, exclude_BN=exclude)
+    expected = naive_info_nce_excluding(x, y, TAU, naive_excluded(SCANS_N, T0_N, mode), symmetric)
+    assert got.item() == pytest.approx(expected, abs=1e-5)
+    assert got.item() != pytest.approx(info_nce(x, y, TAU, symmetric=symmetric).item(), abs=1e-3)
+
+
+def test_no_exclusions_is_exactly_the_plain_loss_and_the_positive_always_stays():
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    none_excluded = torch.zeros(6, 6, dtype=torch.bool)
+    assert torch.equal(info_nce(x, y, TAU, exclude_BN=none_excluded), info_nce(x, y, TAU))
+    # Every column excluded, the positive's too: it stays, so each softmax is certain.
+    everything = torch.ones(6, 6, dtype=torch.bool)
+    assert info_nce(x, y, TAU, exclude_BN=everything).item() == pytest.approx(0.0, abs=1e-6)
+    # Both masks at once: a negative must be admitted and not excluded.
+    admit = torch.ones(6, 6, dtype=torch.bool)
+    both = info_nce(x, y, TAU, symmetric=False, admit_BN=admit, exclude_BN=~torch.eye(6, dtype=torch.bool))
+    assert both.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _same_scan_nce(x, y, scan, t0, labels, mode):
+    return info_nce(x, y, TAU, exclude_BN=same_scan_exclusions(scan, t0, mode, WINDOW_S))
+
+
+@pytest.mark.parametrize("mode", ["mask", "window"])
+def test_two_gloo_ranks_equal_one_process_without_same_scan_negatives(mode):
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    assert_two_ranks_match_one(functools.partial(_same_scan_nce, mode=mode), [x, y, SCANS_N, T0_N])

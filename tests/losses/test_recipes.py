@@ -7,15 +7,20 @@ from dataclasses import replace
 import pytest
 import torch
 
-from usvs_dist.config import ConfigError, flatten, load_config
+from usvs_dist.config import ConfigError, SelfPacedConfig, flatten, load_config
 from usvs_dist.losses import (
     ALWAYS_READ,
     RECIPES,
+    SAME_SCAN_KEYS,
+    SAME_SCAN_TARGETS,
     TERMS,
+    anatomy_info_nce,
     check_objective,
     info_nce,
     objective_parts,
     recipe_reads,
+    same_scan_exclusions,
+    self_paced_info_nce,
     total_loss,
 )
 from usvs_dist.losses.triplet import hardest_triplet
@@ -30,6 +35,9 @@ def _values(n: int = 6, d: int = 4) -> dict[str, torch.Tensor]:
         "order_target": torch.randint(0, 6, (n,), generator=g),
         "rotation_target": torch.randint(0, 4, (n,), generator=g),
         "anatomy_label": torch.tensor([0, 0, 1, 1, -1, 2]),
+        # Two scans of three adjacent 2 s clips: the default window leaves out same-scan negatives.
+        "scan_id": torch.tensor([7, 7, 7, 9, 9, 9])[:n],
+        "clip_t0": torch.tensor([0.0, 2.0, 10.0, 0.0, 2.0, 4.0], dtype=torch.float64)[:n],
     }
     return out
 
@@ -56,7 +64,13 @@ def test_each_recipe_returns_its_named_parts(recipe, loss_parts, logged):
 
 def test_dual2024_is_eq_13_with_pi_and_part_weights():
     cfg = load_config(
-        None, ["objective.recipe=dual2024", "objective.pi=0.3", "objective.weights={mmsl_vi: 0.5}"]
+        None,
+        [
+            "objective.recipe=dual2024",
+            "objective.pi=0.3",
+            "objective.weights={mmsl_vi: 0.5}",
+            "objective.same_scan_negatives=keep",  # eq. 13 as the paper has it: every negative
+        ],
     ).objective
     v = _values()
     parts = objective_parts(v, cfg, 0.0)
@@ -77,6 +91,7 @@ def test_custom_recipe_weighs_listed_terms():
         [
             "objective.recipe=custom",
             "objective.terms=[{term: va_nce, weight: 2.0}, {term: vi_triplet, weight: 0.5}]",
+            "objective.same_scan_negatives=keep",  # compared with plain info_nce below
         ],
     ).objective
     v = _values()
@@ -165,3 +180,50 @@ def test_every_objective_key_is_declared_by_a_term_or_recipe():
 def test_bad_objectives_are_config_errors():
     with pytest.raises(ConfigError, match="objective.recipe='simclr'"):
         check_objective(load_config(None, ["objective.recipe=simclr"]).objective)
+
+
+def _direct(v: dict[str, torch.Tensor], exclude: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Each gathered term as its loss function computes it, given the excluded negatives or None."""
+    sp, x = SelfPacedConfig(), {"exclude_BN": exclude}
+    return {
+        "va_nce": info_nce(v["video"], v["audio"], 0.1, **x),
+        "vi_nce": info_nce(v["video"], v["image"], 0.1, **x),
+        "v_va_nce": info_nce(v["video"], v["va"], 0.1, **x),
+        "v_vi_nce": info_nce(v["video"], v["vi"], 0.1, **x),
+        "va_triplet": hardest_triplet(v["video"], v["audio"], 0.2, **x),
+        "vi_triplet": hardest_triplet(v["video"], v["image"], 0.2, **x),
+        "va_selfpaced_nce": self_paced_info_nce(v["video"], v["audio"], 0.1, 0.5, sp, **x)[0],
+        "anatomy_nce": anatomy_info_nce(
+            v["image_view1"], v["image_view2"], v["anatomy_label"], 0.1, 0.5, **x
+        )[0],
+    }
+
+
+def test_keep_is_exactly_the_unmasked_loss_and_the_other_modes_mask_every_gathered_term():
+    v = _values()
+    keep = load_config(None, ["objective.same_scan_negatives=keep"]).objective
+    window = load_config(None, []).objective
+    no_scans = {k: t for k, t in v.items() if k not in SAME_SCAN_TARGETS}
+    unmasked = _direct(v, None)
+    assert set(unmasked) == {name for name, t in TERMS.items() if t.same_scan}
+    exclude = same_scan_exclusions(v["scan_id"], v["clip_t0"], "window", window.same_scan_window_s)
+    masked = _direct(v, exclude)
+    assert exclude.any() and masked["va_nce"].item() != pytest.approx(unmasked["va_nce"].item(), abs=1e-4)
+    for name in unmasked:
+        # keep reads no scan target and gives the unmasked numbers bit for bit.
+        assert torch.equal(TERMS[name].fn(no_scans, keep, 0.5)[0], unmasked[name]), name
+        assert torch.equal(TERMS[name].fn(v, window, 0.5)[0], masked[name]), name
+
+
+def test_gathered_terms_declare_the_same_scan_keys_and_read_the_scan_targets_unless_keep():
+    for name, term in TERMS.items():
+        gathered = name not in ("order_ce", "rotation_ce")
+        assert term.same_scan == gathered and (set(SAME_SCAN_KEYS) <= set(term.reads)) == gathered, name
+    for recipe in ("usvs2020", "dual2024", "awcl2022"):
+        for mode, reads in (("keep", False), ("mask", True), ("window", True)):
+            cfg = load_config(None, [f"objective.recipe={recipe}", f"objective.same_scan_negatives={mode}"])
+            assert (SAME_SCAN_TARGETS <= check_objective(cfg.objective).targets) == reads, (recipe, mode)
+            assert recipe_reads(cfg.objective, "objective.same_scan_window_s")
+    isbi = load_config(None, ["objective.recipe=isbi2020"]).objective
+    assert not check_objective(isbi).targets & SAME_SCAN_TARGETS
+    assert not recipe_reads(isbi, "objective.same_scan_negatives")

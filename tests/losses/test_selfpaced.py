@@ -9,9 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
+from tests.loss_checks import SCANS_N, T0_N, WINDOW_S, assert_two_ranks_match_one, naive_excluded, sgd_losses
 from usvs_dist.config import SelfPacedConfig
-from usvs_dist.losses import admit_negatives, admitted_share, affinity, info_nce, self_paced_info_nce
+from usvs_dist.losses import (
+    admit_negatives,
+    admitted_share,
+    affinity,
+    info_nce,
+    same_scan_exclusions,
+    self_paced_info_nce,
+)
 
 TAU = 0.1
 
@@ -120,3 +127,55 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch():
     g = torch.Generator().manual_seed(5)
     v, a = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
     assert_two_ranks_match_one(_self_paced, [v, a])
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("mode", ["mask", "window"])
+def test_same_scan_clips_are_no_negatives_not_even_in_the_quantile(mode, symmetric):
+    g = torch.Generator().manual_seed(6)
+    v, a = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    cfg = SelfPacedConfig(lambda0=0.5, kappa=0.95)
+    excluded = naive_excluded(SCANS_N, T0_N, mode)
+    exclude = same_scan_exclusions(SCANS_N, T0_N, mode, WINDOW_S)
+    loss, extras = self_paced_info_nce(v, a, TAU, 0.0, cfg, symmetric=symmetric, exclude_BN=exclude)
+    vn, an = F.normalize(v, dim=1), F.normalize(a, dim=1)
+    aff = ((vn @ vn.T) + (an @ an.T)) / 2
+    forward, backward, admitted, candidates = 0.0, 0.0, 0, 0
+    for k in range(10):
+        negatives = [j for j in range(10) if j != k and not excluded[k][j]]
+        candidates += len(negatives)
+        threshold = min(np.quantile([aff[k, j].item() for j in negatives], 0.5), 0.95)
+        cols = [k] + [j for j in negatives if aff[k, j].item() <= threshold]
+        admitted += len(cols) - 1
+        s = torch.stack([vn[k] @ an[j] / TAU for j in cols])  # video anchor k
+        forward += -(s[0] - torch.logsumexp(s, 0)).item()
+        s = torch.stack([an[k] @ vn[j] / TAU for j in cols])  # audio anchor k: the same clips
+        backward += -(s[0] - torch.logsumexp(s, 0)).item()
+    expected = 0.5 * (forward + backward) / 10 if symmetric else forward / 10
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert extras["selfpaced_admitted"].item() == pytest.approx(admitted / candidates)
+
+
+def test_an_anchor_without_negatives_admits_none():
+    aff = torch.rand(3, 3)
+    exclude = ~torch.eye(3, dtype=torch.bool)
+    exclude[0, 1] = exclude[1, 0] = False
+    got = admit_negatives(aff, 1.0, 1.0, exclude)
+    assert got.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+
+
+def _same_scan_self_paced(v, a, scan, t0, labels):
+    # Both modes in one spawn (each costs seconds): their sum's value and gradients.
+    def one(mode):
+        exclude = same_scan_exclusions(scan, t0, mode, WINDOW_S)
+        return self_paced_info_nce(
+            v, a, TAU, 0.1, SelfPacedConfig(lambda0=0.4, kappa=0.5), exclude_BN=exclude
+        )[0]
+
+    return one("mask") + 0.5 * one("window")
+
+
+def test_two_gloo_ranks_equal_one_process_without_same_scan_negatives():
+    g = torch.Generator().manual_seed(7)
+    v, a = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    assert_two_ranks_match_one(_same_scan_self_paced, [v, a, SCANS_N, T0_N])

@@ -6,20 +6,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.loss_checks import assert_two_ranks_match_one, sgd_losses
-from usvs_dist.losses import hardest_triplet
+from tests.loss_checks import SCANS_N, T0_N, WINDOW_S, assert_two_ranks_match_one, naive_excluded, sgd_losses
+from usvs_dist.losses import hardest_triplet, same_scan_exclusions
 
 MARGIN = 0.2
 
 
-def naive_triplet(v: torch.Tensor, a: torch.Tensor, margin: float) -> float:
-    """L_t of docs/methods.md as loops: both hinges of the hardest j != k, mean over k."""
+def naive_triplet(
+    v: torch.Tensor, a: torch.Tensor, margin: float, excluded: list[list[bool]] | None = None
+) -> float:
+    """L_t of docs/methods.md as loops: both hinges of the hardest j != k, mean over k; j that are
+    excluded for k (same-scan neighbours) are no negatives, and a k without any adds 0."""
     n = v.shape[0]
     s = [[F.cosine_similarity(v[k], a[j], dim=0).item() for j in range(n)] for k in range(n)]
     total = 0.0
     for k in range(n):
-        total += max(max(0.0, margin - s[k][k] + s[k][j]) for j in range(n) if j != k)
-        total += max(max(0.0, margin - s[k][k] + s[j][k]) for j in range(n) if j != k)
+        negatives = [j for j in range(n) if j != k and not (excluded and excluded[k][j])]
+        total += max((max(0.0, margin - s[k][k] + s[k][j]) for j in negatives), default=0.0)
+        total += max((max(0.0, margin - s[k][k] + s[j][k]) for j in negatives), default=0.0)
     return total / n
 
 
@@ -75,3 +79,45 @@ def test_two_gloo_ranks_mine_the_global_batch_like_one_process():
     s.fill_diagonal_(-2)
     assert (s[:5].argmax(dim=1) >= 5).any()
     assert_two_ranks_match_one(_triplet, [v, a])
+
+
+@pytest.mark.parametrize("mode", ["mask", "window"])
+def test_same_scan_negatives_are_never_mined(mode):
+    g = torch.Generator().manual_seed(4)
+    v, a = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    excluded = naive_excluded(SCANS_N, T0_N, mode)
+    got = hardest_triplet(v, a, MARGIN, exclude_BN=same_scan_exclusions(SCANS_N, T0_N, mode, WINDOW_S))
+    assert got.item() == pytest.approx(naive_triplet(v, a, MARGIN, excluded), abs=1e-5)
+    # The same-scan neighbours are the hardest negatives here, so leaving them out changes the loss.
+    v_near = v.clone()
+    v_near[1] = a[0]  # clip 1 (2 s after clip 0, same scan) now looks exactly like clip 0's positive
+    plain = hardest_triplet(v_near, a, MARGIN)
+    masked = hardest_triplet(
+        v_near, a, MARGIN, exclude_BN=same_scan_exclusions(SCANS_N, T0_N, mode, WINDOW_S)
+    )
+    assert masked.item() < plain.item()
+    assert masked.item() == pytest.approx(naive_triplet(v_near, a, MARGIN, excluded), abs=1e-5)
+
+
+def test_a_row_without_negatives_adds_zero_and_a_finite_gradient():
+    v = torch.randn(4, 3, requires_grad=True)
+    a = torch.randn(4, 3)
+    scans = torch.tensor([5, 5, 5, 5])
+    loss = hardest_triplet(v, a, MARGIN, exclude_BN=same_scan_exclusions(scans, torch.zeros(4), "mask", 1.0))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(v.grad).all()
+
+
+def _same_scan_triplet(v, a, scan, t0, labels):
+    # Both modes in one spawn (each costs seconds): their sum's value and gradients.
+    def one(mode):
+        return hardest_triplet(v, a, MARGIN, exclude_BN=same_scan_exclusions(scan, t0, mode, WINDOW_S))
+
+    return one("mask") + 0.5 * one("window")
+
+
+def test_two_gloo_ranks_equal_one_process_without_same_scan_negatives():
+    g = torch.Generator().manual_seed(5)
+    v, a = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    assert_two_ranks_match_one(_same_scan_triplet, [v, a, SCANS_N, T0_N])

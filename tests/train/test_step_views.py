@@ -7,7 +7,17 @@ import torch
 
 from usvs_dist.config import load_config
 from usvs_dist.data import views
-from usvs_dist.losses import TERMS, Term, check_objective, info_nce, objective_parts, recipe_reads, total_loss
+from usvs_dist.data.scan_mix import scan_code
+from usvs_dist.losses import (
+    SAME_SCAN_TARGETS,
+    TERMS,
+    Term,
+    check_objective,
+    info_nce,
+    objective_parts,
+    recipe_reads,
+    total_loss,
+)
 from usvs_dist.models import OUTPUTS, Output, build_model, encoder_state_dicts
 from usvs_dist.train.step import BatchViews
 
@@ -20,6 +30,8 @@ def _batch(n: int = 4) -> dict:
         "audio": torch.randn(n, 1, 64, 201),
         "image": torch.rand(n, 1, 32, 32),
         "image_label": torch.tensor([0, 1, -1, 1])[:n],
+        "scan": ["a", "a", "b", "a"][:n],
+        "t0": torch.tensor([0.0, 2.0, 0.0, 30.0], dtype=torch.float64)[:n],
     }
 
 
@@ -33,7 +45,8 @@ def _batch(n: int = 4) -> dict:
     ],
 )
 def test_each_recipe_gets_the_views_its_outputs_consume(recipe, inputs, targets):
-    cfg = load_config(None, [f"objective.recipe={recipe}", *TINY])
+    # The papers' objectives: every other clip a negative, so no scan targets (see the next test).
+    cfg = load_config(None, [f"objective.recipe={recipe}", "objective.same_scan_negatives=keep", *TINY])
     needs = check_objective(cfg.objective)
     made_inputs, made_targets = BatchViews(cfg, needs)(_batch(), torch.device("cpu"), torch.float32)
     assert set(made_inputs) == inputs and set(made_targets) == targets
@@ -41,6 +54,27 @@ def test_each_recipe_gets_the_views_its_outputs_consume(recipe, inputs, targets)
     assert set(out) == needs.outputs
     parts = objective_parts({**out, **made_targets}, cfg.objective, 0.5)
     assert torch.isfinite(total_loss(parts))
+
+
+@pytest.mark.parametrize("recipe", ["usvs2020", "dual2024", "isbi2020", "awcl2022"])
+@pytest.mark.parametrize("mode", ["mask", "window"])
+def test_same_scan_negatives_add_the_scan_targets_to_the_gathered_recipes(recipe, mode):
+    cfg = load_config(None, [f"objective.recipe={recipe}", f"objective.same_scan_negatives={mode}", *TINY])
+    needs = check_objective(cfg.objective)
+    gathered = recipe != "isbi2020"  # the pretext tasks contrast nothing
+    assert (SAME_SCAN_TARGETS <= needs.targets) == gathered
+    batch = _batch()
+    made_inputs, made_targets = BatchViews(cfg, needs)(batch, torch.device("cpu"), torch.float32)
+    if gathered:
+        assert made_targets["scan_id"].tolist() == [scan_code(s) for s in batch["scan"]]
+        assert made_targets["scan_id"].dtype == torch.int64
+        assert torch.equal(made_targets["clip_t0"], batch["t0"])
+    model = build_model(cfg, needs.outputs)
+    parts = objective_parts({**model(made_inputs), **made_targets}, cfg.objective, 0.5)
+    loss = total_loss(parts)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_a_loss_on_a_new_view_is_its_term_its_output_and_its_view(monkeypatch):

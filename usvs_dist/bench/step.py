@@ -68,6 +68,13 @@ def synthetic_batch(cfg: RootConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
+def synthetic_scans(cfg: RootConfig) -> dict:
+    """The batch's scan ids and clip starts: runs of 4 adjacent clips of a scan (same-scan negatives)."""
+    n = cfg.data.batch_size
+    t0 = [cfg.phantom.clip_seconds * (k % 4) for k in range(n)]
+    return {"scan": [f"bench-{k // 4}" for k in range(n)], "t0": torch.tensor(t0, dtype=torch.float64)}
+
+
 @dataclasses.dataclass
 class Interleaved:
     """Step times of the two paths, timed in alternating blocks (warm-up blocks excluded)."""
@@ -144,7 +151,7 @@ def plain_step(cfg: RootConfig) -> Callable[[], None]:
     needs = check_objective(cfg.objective)
     model = build_model(cfg, needs.outputs)
     optimizer = build_optimizer(model, cfg)
-    batch = synthetic_batch(cfg)
+    batch = {**synthetic_batch(cfg), **synthetic_scans(cfg)}
     make_views = BatchViews(cfg, needs)
 
     def step() -> None:
@@ -172,7 +179,7 @@ def _ray_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
     needs = check_objective(cfg.objective)
     engine = build_engine(build_model(cfg, needs.outputs), cfg)
-    batch = synthetic_batch(cfg)
+    batch = {**synthetic_batch(cfg), **synthetic_scans(cfg)}
     make_views = BatchViews(cfg, needs)
     result = interleave(
         plain,

@@ -366,6 +366,15 @@ class ObjectiveConfig(Section):
     """dual2024's balance of L_c(v, a) against L_c(v, va) in L_a (and of L_c(v, i), L_c(v, vi) in L_i)."""
     margin: float = 0.2
     """Margin alpha of the hardest-negative triplet ranking loss (VSE++)."""
+    same_scan_negatives: Literal["keep", "mask", "window"] = "window"
+    """Which clips of an anchor's own scan the gathered losses (InfoNCE, triplet, self-paced,
+    anatomy) use as negatives: keep (all, as the papers do), mask (none: every other clip of the
+    scan is left out), window (all but the clips whose start time is at most same_scan_window_s
+    from the anchor's, which are near-duplicates of it). The positive is never left out
+    (docs/methods.md, "Same-scan negatives": why window is the default)."""
+    same_scan_window_s: float = 6.0
+    """window: same-scan clips starting within this many seconds of the anchor's start (either
+    side, inclusive) are not its negatives; the scan's farther clips are."""
     weights: dict[str, float] = field(default_factory=dict)
     """Weights of the recipe's named parts, e.g. {mmcl_a: 1.0, mmsl_va: 0.5}; parts not named weigh 1."""
     terms: list[TermConfig] = field(default_factory=list)
@@ -375,10 +384,11 @@ class ObjectiveConfig(Section):
     anatomy: AnatomyConfig = field(default_factory=AnatomyConfig)
 
     def check(self) -> None:
-        """Temperature, pi, margin, weights, and terms only for the custom recipe."""
+        """Temperature, pi, margin, the same-scan window, weights, and terms only for the custom recipe."""
         self.require(0.0 < self.temperature <= 1.0, "temperature", "a float in (0, 1]")
         self.require(0.0 <= self.pi <= 1.0, "pi", "in [0, 1]")
         self.require(0.0 <= self.margin <= 2.0, "margin", "in [0, 2] (cosines span 2)")
+        self.require(self.same_scan_window_s > 0, "same_scan_window_s", "> 0 seconds")
         for name, weight in self.weights.items():
             _check(weight >= 0, self.key(f"weights.{name}"), weight, ">= 0")
         _check(

@@ -1,6 +1,7 @@
 """Views a recipe trains on, made from a batch on the training device: the batch's own clips,
 frames and log-mels, a sub-clip-shuffled and rotated clip (isbi2020), two augmented views of a frame
-and anatomy labels (awcl2022); see docs/methods.md. `VIEWS` names each view with the model
+and anatomy labels (awcl2022), and each clip's scan and start time (same-scan negatives); see
+docs/methods.md. `VIEWS` names each view with the model
 inputs and targets it makes (`usvs_dist.models.outputs.OUTPUTS` names the inputs an output
 consumes; loss terms name the targets they read).
 
@@ -21,6 +22,7 @@ import torch
 from usvs_dist.config.schema import AnatomyConfig, AugmentConfig, RootConfig
 from usvs_dist.data import schema
 from usvs_dist.data.augment import augment_frames
+from usvs_dist.data.scan_mix import scan_code
 
 
 def order_permutations(subclips: int, permutations: int = 0) -> torch.Tensor:
@@ -189,6 +191,15 @@ def _anatomy(b: ViewBatch) -> dict[str, torch.Tensor]:
     return {"anatomy_label": anatomy_labels(labels, b.cfg.objective.anatomy, b.vocabulary)}
 
 
+def _scan(b: ViewBatch) -> dict[str, torch.Tensor]:
+    # Scan ids as int64 codes, so the losses can gather them with the embeddings.
+    codes = torch.tensor([scan_code(s) for s in b.batch["scan"]], dtype=torch.int64)
+    return {
+        "scan_id": codes.to(b.device, non_blocking=True),
+        "clip_t0": torch.as_tensor(b.batch["t0"], dtype=torch.float64).to(b.device, non_blocking=True),
+    }
+
+
 VIEWS: dict[str, View] = {
     # Made in this order, so their random draws come in this order.
     "video": View(_as_is("video"), inputs=("video",)),
@@ -197,6 +208,7 @@ VIEWS: dict[str, View] = {
     "pretext": View(_pretext, inputs=("pretext_clips",), targets=("order_target", "rotation_target")),
     "two_views": View(_two_views, inputs=("image_view1", "image_view2")),
     "anatomy": View(_anatomy, targets=("anatomy_label",)),
+    "scan": View(_scan, targets=("scan_id", "clip_t0")),
 }
 """View name -> what it makes from a batch."""
 

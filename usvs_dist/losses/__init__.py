@@ -2,10 +2,13 @@
 
 from usvs_dist.losses.anatomy import anatomy_info_nce, anatomy_targets
 from usvs_dist.losses.infonce import info_nce
+from usvs_dist.losses.negatives import same_scan_exclusions
 from usvs_dist.losses.pretext import pretext_classification
 from usvs_dist.losses.recipes import (
     ALWAYS_READ,
     RECIPES,
+    SAME_SCAN_KEYS,
+    SAME_SCAN_TARGETS,
     TERMS,
     Recipe,
     Requirements,
@@ -21,6 +24,8 @@ from usvs_dist.losses.triplet import hardest_triplet
 __all__ = [
     "ALWAYS_READ",
     "RECIPES",
+    "SAME_SCAN_KEYS",
+    "SAME_SCAN_TARGETS",
     "TERMS",
     "Recipe",
     "Requirements",
@@ -36,6 +41,7 @@ __all__ = [
     "objective_parts",
     "pretext_classification",
     "recipe_reads",
+    "same_scan_exclusions",
     "self_paced_info_nce",
     "total_loss",
 ]

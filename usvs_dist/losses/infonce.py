@@ -15,15 +15,27 @@ from usvs_dist.dist import collectives
 
 
 def _one_way(
-    x_BD: torch.Tensor, y_ND: torch.Tensor, temperature: float, admit_BN: torch.Tensor | None
+    x_BD: torch.Tensor, y_ND: torch.Tensor, temperature: float, keep_BN: torch.Tensor | None
 ) -> torch.Tensor:
     rows_B = collectives.global_rows(x_BD.shape[0], x_BD.device)
     logits_BN = x_BD @ y_ND.T / temperature
-    if admit_BN is not None:
-        keep_BN = admit_BN.clone()
-        keep_BN[torch.arange(len(rows_B)), rows_B] = True  # the positive is never masked out
+    if keep_BN is not None:
         logits_BN = logits_BN.masked_fill(~keep_BN, float("-inf"))
     return F.cross_entropy(logits_BN, rows_B)
+
+
+def _kept_columns(
+    admit_BN: torch.Tensor | None, exclude_BN: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """Columns each row's softmax runs over: admitted, not excluded, and always the positive."""
+    if admit_BN is None and exclude_BN is None:
+        return None
+    keep_BN = admit_BN.clone() if admit_BN is not None else ~exclude_BN
+    if admit_BN is not None and exclude_BN is not None:
+        keep_BN &= ~exclude_BN
+    rows_B = collectives.global_rows(keep_BN.shape[0], device)
+    keep_BN[torch.arange(len(rows_B), device=device), rows_B] = True  # the positive is never masked out
+    return keep_BN
 
 
 def info_nce(
@@ -32,6 +44,7 @@ def info_nce(
     temperature: float,
     symmetric: bool = True,
     admit_BN: torch.Tensor | None = None,
+    exclude_BN: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE of anchors x against candidates y over the global batch; symmetrised by default.
 
@@ -43,6 +56,9 @@ def info_nce(
         admit_BN: optional bool mask of the negatives each local row may use (columns index the
             gathered batch); the positive is always kept. Used for both directions, so it must
             come from a symmetric relation (e.g. affinities) when `symmetric`.
+        exclude_BN: optional bool mask of gathered samples that are not negatives of each local
+            row (`negatives.same_scan_exclusions`); symmetric like admit_BN, the positive kept.
+            An anchor left without negatives contributes log 1 = 0.
 
     Returns:
         The scalar loss averaged over this rank's rows; its mean over ranks is the global loss.
@@ -51,7 +67,10 @@ def info_nce(
         raise ValueError(f"anchor {tuple(anchor_BD.shape)} and candidate {tuple(candidate_BD.shape)} differ")
     x_BD = F.normalize(anchor_BD, dim=-1)
     y_BD = F.normalize(candidate_BD, dim=-1)
+    keep_BN = _kept_columns(admit_BN, exclude_BN, x_BD.device)
     if not symmetric:
-        return _one_way(x_BD, collectives.gather_with_grad(y_BD), temperature, admit_BN)
+        return _one_way(x_BD, collectives.gather_with_grad(y_BD), temperature, keep_BN)
+    # Row k of the reverse direction is anchor y_k against the gathered x_j: the same pair of
+    # samples (k, j) as the forward direction's, so a symmetric relation's mask serves both.
     x_ND, y_ND = collectives.gather_pair_with_grad(x_BD, y_BD)
-    return 0.5 * (_one_way(x_BD, y_ND, temperature, admit_BN) + _one_way(y_BD, x_ND, temperature, admit_BN))
+    return 0.5 * (_one_way(x_BD, y_ND, temperature, keep_BN) + _one_way(y_BD, x_ND, temperature, keep_BN))

@@ -19,6 +19,7 @@ import torch
 from usvs_dist.config.schema import ConfigError, ObjectiveConfig
 from usvs_dist.losses.anatomy import anatomy_info_nce
 from usvs_dist.losses.infonce import info_nce
+from usvs_dist.losses.negatives import same_scan_exclusions
 from usvs_dist.losses.pretext import pretext_classification
 from usvs_dist.losses.selfpaced import self_paced_info_nce
 from usvs_dist.losses.triplet import hardest_triplet
@@ -43,23 +44,44 @@ class Term:
     paper: str = ""
     """Where it comes from: the paper's symbol and the recipe (docs/methods.md cites the papers)."""
 
+    @property
+    def same_scan(self) -> bool:
+        """Whether it leaves out same-scan negatives: it declares objective.same_scan_negatives, and
+        then reads SAME_SCAN_TARGETS too unless that is keep."""
+        return SAME_SCAN_KEYS[0] in self.reads
+
+
+SAME_SCAN_KEYS = ("objective.same_scan_negatives", "objective.same_scan_window_s")
+"""Config keys of the gathered losses' same-scan negatives (losses.negatives)."""
+SAME_SCAN_TARGETS = frozenset({"scan_id", "clip_t0"})
+"""Targets a `same_scan` term reads unless objective.same_scan_negatives=keep (data.views' `scan`)."""
+
+
+def _excluded(o: Tensors, c: ObjectiveConfig) -> torch.Tensor | None:
+    """The gathered samples that are not negatives of each local row; None for keep."""
+    if c.same_scan_negatives == "keep":
+        return None
+    return same_scan_exclusions(o["scan_id"], o["clip_t0"], c.same_scan_negatives, c.same_scan_window_s)
+
 
 def _nce(x: str, y: str) -> TermFn:
     def fn(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
-        return info_nce(o[x], o[y], c.temperature, symmetric=c.symmetric), {}
+        return info_nce(o[x], o[y], c.temperature, symmetric=c.symmetric, exclude_BN=_excluded(o, c)), {}
 
     return fn
 
 
 def _triplet(x: str, y: str) -> TermFn:
     def fn(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
-        return hardest_triplet(o[x], o[y], c.margin), {}
+        return hardest_triplet(o[x], o[y], c.margin, exclude_BN=_excluded(o, c)), {}
 
     return fn
 
 
 def _self_paced(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
-    return self_paced_info_nce(o["video"], o["audio"], c.temperature, progress, c.self_paced, c.symmetric)
+    return self_paced_info_nce(
+        o["video"], o["audio"], c.temperature, progress, c.self_paced, c.symmetric, exclude_BN=_excluded(o, c)
+    )
 
 
 def _classify(task: str) -> TermFn:
@@ -72,7 +94,12 @@ def _classify(task: str) -> TermFn:
 
 def _anatomy(o: Tensors, c: ObjectiveConfig, progress: float) -> tuple[torch.Tensor, Tensors]:
     return anatomy_info_nce(
-        o["image_view1"], o["image_view2"], o["anatomy_label"], c.temperature, c.anatomy.ratio
+        o["image_view1"],
+        o["image_view2"],
+        o["anatomy_label"],
+        c.temperature,
+        c.anatomy.ratio,
+        exclude_BN=_excluded(o, c),
     )
 
 
@@ -80,8 +107,8 @@ def _f(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
-_NCE = ("objective.temperature", "objective.symmetric")
-_TRIPLET = ("objective.margin",)
+_NCE = ("objective.temperature", "objective.symmetric", *SAME_SCAN_KEYS)
+_TRIPLET = ("objective.margin", *SAME_SCAN_KEYS)
 # Both isbi2020 heads read the one shuffled and rotated clip: every key of that view counts.
 _PRETEXT = tuple(
     f"objective.pretext.{k}"
@@ -114,7 +141,7 @@ TERMS: dict[str, Term] = {
         _anatomy,
         _f("image_view1", "image_view2"),
         _f("anatomy_label"),
-        reads=("objective.temperature", "objective.anatomy"),
+        reads=("objective.temperature", "objective.anatomy", *SAME_SCAN_KEYS),
         paper="awcl2022",
     ),
 }
@@ -214,9 +241,10 @@ def check_objective(cfg: ObjectiveConfig) -> Requirements:
 
 def _requirements(cfg: ObjectiveConfig, parts: list[Part]) -> Requirements:
     terms = [TERMS[term] for _, group in parts for term, _ in group]
+    same_scan = cfg.same_scan_negatives != "keep" and any(t.same_scan for t in terms)
     return Requirements(
         outputs=frozenset().union(*(t.outputs for t in terms)),
-        targets=frozenset().union(*(t.targets for t in terms)),
+        targets=frozenset().union(*(t.targets for t in terms), SAME_SCAN_TARGETS if same_scan else ()),
         reads=frozenset((*ALWAYS_READ, *RECIPES[cfg.recipe].reads, *(k for t in terms for k in t.reads))),
     )
 

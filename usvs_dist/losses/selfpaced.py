@@ -5,7 +5,10 @@ Affinity A_kj: cosine similarity of samples k and j's detached embeddings (by de
 of the video-video and audio-audio cosines). At training progress p, anchor k admits only the
 negatives whose affinity lies at or below the lambda(p)-quantile of its own negatives' affinities
 (easy ones first), and never one above kappa (a likely positive: another clip of the same
-anatomy). lambda grows from lambda0 to 1 over the ramp. Shapes: B local rows, N = W*B gathered.
+anatomy). lambda grows from lambda0 to 1 over the ramp. Samples excluded as negatives (same-scan
+clips, `negatives.same_scan_exclusions`) are not the anchor's negatives at all: they are left out
+of its quantile as well as its softmax, so lambda keeps meaning a share of its real negatives.
+Shapes: B local rows, N = W*B gathered.
 """
 
 from __future__ import annotations
@@ -52,14 +55,19 @@ def affinity(video_BD: torch.Tensor, audio_BD: torch.Tensor, mode: str = "mean")
     return 0.5 * (v_BD @ v_ND.T + a_BD @ a_ND.T)
 
 
-def admit_negatives(affinity_BN: torch.Tensor, share: float, kappa: float) -> torch.Tensor:
+def admit_negatives(
+    affinity_BN: torch.Tensor, share: float, kappa: float, exclude_BN: torch.Tensor | None = None
+) -> torch.Tensor:
     """Bool mask of admitted negatives: affinity <= the anchor's `share`-quantile and <= kappa.
 
-    The positive's own column is False (it is not a negative).
+    The positive's own column is False (it is not a negative), and so are the `exclude_BN`
+    columns, which do not count towards the quantile (an anchor without any negative admits none).
     """
     rows_B = collectives.global_rows(affinity_BN.shape[0], affinity_BN.device)
     negatives_BN = affinity_BN.float().clone()
-    negatives_BN[torch.arange(len(rows_B)), rows_B] = float("nan")
+    negatives_BN[torch.arange(len(rows_B), device=affinity_BN.device), rows_B] = float("nan")
+    if exclude_BN is not None:
+        negatives_BN = negatives_BN.masked_fill(exclude_BN, float("nan"))
     threshold_B1 = torch.nanquantile(negatives_BN, share, dim=1, keepdim=True)
     # NaN compares False, so the positive's column stays out.
     return (negatives_BN <= threshold_B1) & (negatives_BN <= kappa)
@@ -72,15 +80,23 @@ def self_paced_info_nce(
     progress: float,
     cfg: SelfPacedConfig,
     symmetric: bool = True,
+    exclude_BN: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Video<->audio InfoNCE over the admitted negatives; returns (loss, {admitted fraction, lambda})."""
+    """Video<->audio InfoNCE over the admitted negatives; returns (loss, {admitted fraction, lambda}).
+
+    `exclude_BN` (optional, [B, N] bool): gathered samples that are not negatives of each local
+    row (same-scan clips); the admitted fraction is then a share of the negatives left.
+    """
     n_global = video_BD.shape[0] * collectives.world_size()
     if n_global < 2:
         raise ValueError("the self-paced loss needs at least 2 samples in the global batch")
     share = admitted_share(progress, cfg)
-    admit_BN = admit_negatives(affinity(video_BD, audio_BD, cfg.affinity), share, cfg.kappa)
+    admit_BN = admit_negatives(affinity(video_BD, audio_BD, cfg.affinity), share, cfg.kappa, exclude_BN)
     loss = info_nce(video_BD, audio_BD, temperature, symmetric=symmetric, admit_BN=admit_BN)
-    fraction = admit_BN.float().sum() / (admit_BN.shape[0] * (n_global - 1))
+    candidates = torch.tensor(float(admit_BN.shape[0] * (n_global - 1)), device=admit_BN.device)
+    if exclude_BN is not None:
+        candidates = candidates - exclude_BN.sum()  # the positive's column is never excluded
+    fraction = admit_BN.float().sum() / candidates.clamp(min=1)
     return loss, {
         "selfpaced_admitted": fraction.detach(),
         "selfpaced_lambda": torch.tensor(share, device=video_BD.device),
