@@ -1,7 +1,8 @@
 """`python -m usvs_dist.bench step [--rounds R] [--steps N] [--warmup W] [section.key=value ...]` and
 `python -m usvs_dist.bench loss [--world W] [--batch B] [--dim D] [--device cpu|cuda]` and
 `python -m usvs_dist.bench loader [SHARDS] [--clips N] [section.key=value ...]` and
-`python -m usvs_dist.bench batches [SHARDS] [--world W] [--epochs E] [section.key=value ...]`."""
+`python -m usvs_dist.bench batches [SHARDS] [--world W] [--epochs E] [section.key=value ...]` and
+`python -m usvs_dist.bench gpu [SHARDS] [--steps N] [--budget S] [--no-tests] [section.key=value ...]`."""
 
 from __future__ import annotations
 
@@ -38,8 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     batches.add_argument("--world", type=int, default=2, help="ranks W")
     batches.add_argument("--epochs", type=int, default=2)
     batches.add_argument("overrides", nargs="*", metavar="section.key=value")
+    gpu = sub.add_parser(
+        "gpu",
+        help="one CUDA GPU: gpu tests, the paper configs' runs, video-encoder TFLOP/s, loader headroom",
+    )
+    gpu.add_argument("shards", nargs="?", help="local shard folder; omitted: a 128 px phantom cache")
+    gpu.add_argument("--steps", type=int, default=8, help="training steps per paper config")
+    gpu.add_argument("--budget", type=float, default=480.0, help="seconds for all stages together")
+    gpu.add_argument("--no-tests", dest="tests", action="store_false", help="skip `pytest -m gpu`")
+    gpu.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
-    if args.bench in ("loader", "batches") and args.shards and "=" in args.shards:
+    if args.bench in ("loader", "batches", "gpu") and args.shards and "=" in args.shards:
         args.overrides.insert(0, args.shards)  # no folder given: the first word is an override
         args.shards = None
     if args.bench == "loader":
@@ -50,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         from usvs_dist.bench import batches as batches_bench
 
         batches_bench.run(args.shards, args.overrides, args.world, args.epochs)
+    elif args.bench == "gpu":
+        from usvs_dist.bench import gpu as gpu_bench
+
+        return gpu_bench.run(args.shards, args.overrides, args.steps, args.budget, args.tests)
     elif args.bench == "step":
         from usvs_dist.bench import step as step_bench
 
