@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import Delaunay, QhullError
+from scipy.spatial import ConvexHull, QhullError
 
 from sharding.media import fitted_size
 
@@ -95,11 +95,15 @@ def sector_mask(frames_THW: np.ndarray) -> np.ndarray:
         )
     ys, xs = np.nonzero(regions == largest)
     try:
-        hull = Delaunay(np.column_stack([ys, xs]).astype(np.float64))
+        hull = ConvexHull(np.column_stack([ys, xs]).astype(np.float64))
     except QhullError as exc:  # a region of collinear pixels has no area
         raise MaskError("no imaging sector found: the changing region is a line") from exc
+    # Inside (or on) every facet's half-plane (unit normals: the tolerance is in pixels). A point
+    # location in a Delaunay triangulation of all the region's pixels gives the same set but costs
+    # seconds a scan, and misses a few inside pixels where the pixel grid makes it degenerate.
     grid_y, grid_x = np.mgrid[0:H, 0:W]
-    inside = hull.find_simplex(np.column_stack([grid_y.ravel(), grid_x.ravel()])) >= 0
+    grid_P2 = np.column_stack([grid_y.ravel(), grid_x.ravel()]).astype(np.float64)
+    inside = (grid_P2 @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-6).all(axis=1)
     return ndimage.binary_erosion(inside.reshape(H, W), structure=np.ones((3, 3), bool))
 
 

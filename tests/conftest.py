@@ -1,14 +1,23 @@
-"""Shared fixtures: a tiny phantom data set and its shards, built once per session in a temp dir."""
+"""Shared fixtures: a tiny phantom data set and its shards, built once per session in a temp dir.
+
+Worker processes spawned by the sharding tests import this module (for SALT), so it imports
+only the standard library and pytest at the top: the builders are imported where they are used.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from sharding.build import BuildOptions, build
-from sharding.phantom import synthesize
-from usvs_dist.dist.collectives import free_port  # noqa: F401  (tests import it from here)
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One OpenMP thread per process (before torch is imported): the tests' tensors are tiny, and
+    # on a busy 2-core machine two threads that wait for each other make a 5 s test take minutes.
+    # Subprocesses inherit it; the benches set their own thread counts.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 PHANTOM = {"scans": 6, "seconds": 12.0, "seed": 3, "scans_per_patient": 2}
 SALT = b"test-salt-0123456789"
@@ -17,6 +26,8 @@ SALT = b"test-salt-0123456789"
 @pytest.fixture(scope="session")
 def phantom_raw(tmp_path_factory) -> Path:
     """Raw phantom scans (6 scans of 12 s, 2 scans per patient); returns the manifest."""
+    from sharding.phantom import synthesize
+
     return synthesize(tmp_path_factory.mktemp("raw"), log=lambda *_: None, **PHANTOM)
 
 
@@ -31,6 +42,8 @@ def salt_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_shards(phantom_raw, salt_file, tmp_path_factory) -> Path:
     """Shards of the raw phantom: 2 s clips at 8 fps, 64 px, 5 clips per shard (uneven shards)."""
+    from sharding.build import BuildOptions, build
+
     out = tmp_path_factory.mktemp("shards")
     build(
         phantom_raw,
@@ -53,6 +66,8 @@ LUNG_VOCABULARY_YAML = (
 def clinical_shards(out: Path, salt_file: Path, video_only_scans: int) -> Path:
     """Phantom scans relabelled into LUNG_CLASSES (plane k -> class k % 4), the last
     `video_only_scans` without narration, sharded into one train split with that vocabulary."""
+    from sharding.build import BuildOptions, build
+    from sharding.phantom import synthesize
     from sharding.vocabulary import read_vocabulary
     from usvs_dist.data.schema import PLANES
 

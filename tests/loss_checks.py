@@ -3,18 +3,22 @@ gloo ranks equal one process on the concatenated batch (docs/methods.md, "Gather
 
 In the gloo check each rank holds B rows of every input; the first input goes through a shared
 linear layer so parameter gradients are compared too (averaged over ranks, as DeepSpeed does).
+The rank processes are spawned once per test session and join a new process group per check:
+starting a process (and importing torch in it) costs seconds, a process group milliseconds.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from tests.conftest import free_port
+from usvs_dist.dist.collectives import free_port
 
 LossFn = Callable[..., torch.Tensor | tuple]
 """loss_fn(first_projected_BD, *other_inputs_B..., labels_B or None) -> loss or (loss, extras)."""
@@ -39,9 +43,25 @@ def _scalar(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _worker(rank, world, port, loss_fn, inputs, labels, weight, out):
+GROUP_TIMEOUT = timedelta(seconds=120)
+"""A rank whose peer failed before a collective raises after this, instead of waiting 30 min."""
+_ranks: dict[int, ProcessPoolExecutor] = {}
+
+
+def _rank_processes(world: int) -> ProcessPoolExecutor:
+    """`world` spawned processes, kept for the session (the executor ends them at exit).
+
+    Each check submits one task per rank; a process blocked in a rank's collectives takes no
+    second task, so the `world` tasks run on `world` different processes.
+    """
+    if world not in _ranks:
+        _ranks[world] = ProcessPoolExecutor(world, mp_context=multiprocessing.get_context("spawn"))
+    return _ranks[world]
+
+
+def _worker(rank, world, port, loss_fn, inputs, labels, weight) -> dict:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=GROUP_TIMEOUT)
     try:
         b = inputs[0].shape[0] // world
         rows = slice(rank * b, (rank + 1) * b)
@@ -54,7 +74,7 @@ def _worker(rank, world, port, loss_fn, inputs, labels, weight, out):
         proj.weight.grad /= world
         losses = [torch.zeros(()) for _ in range(world)]
         dist.all_gather(losses, loss.detach())
-        out[rank] = {
+        return {
             "loss": torch.stack(losses).mean(),
             "grads": [x.grad.clone() if x.grad is not None else None for x in local],
             "gw": proj.weight.grad.clone(),
@@ -73,15 +93,12 @@ def assert_two_ranks_match_one(
     """Loss, input gradients and parameter gradients of `world` ranks equal one process's (atol)."""
     d = inputs[0].shape[1]
     weight = torch.randn(d, d, generator=torch.Generator().manual_seed(99)) / d**0.5
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(
-            _worker,
-            args=(world, free_port(), loss_fn, inputs, labels, weight, out),
-            nprocs=world,
-            start_method="spawn",
-        )
-        out = dict(out)
+    port = free_port()
+    ranks = [
+        _rank_processes(world).submit(_worker, r, world, port, loss_fn, inputs, labels, weight)
+        for r in range(world)
+    ]
+    out = [rank.result() for rank in ranks]
 
     full = [x.clone().requires_grad_(x.is_floating_point()) for x in inputs]
     proj = torch.nn.Linear(d, d, bias=False)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.cluster.probe import TAU, global_batch
-from tests.conftest import free_port
 from tests.train.runner import REPO, TINY, client_for
+from usvs_dist.dist.collectives import free_port
 from usvs_dist.losses import info_nce
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from tests.train.runner import REPO, run_entry, steps_logged, train
+from usvs_dist.evaluate import main as evaluate_main
 
 
 def _evaluate(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -54,9 +55,13 @@ def test_pretraining_beats_random_init_on_the_linear_plane_probe(tmp_path_factor
     assert {"downstream/report.md", "downstream/confusion_video_linear.png"} <= artifacts
 
 
-def test_bad_arguments_exit_2_naming_the_problem(tmp_path):
-    proc = _evaluate("--checkpoint", str(tmp_path / "nowhere"), cwd=tmp_path)
-    assert proc.returncode == 2 and "no encoders.pt there" in proc.stderr
-    proc = _evaluate("--checkpoint", str(tmp_path), "--task", "colour", cwd=tmp_path)
-    assert proc.returncode == 2 and "invalid choice: 'colour'" in proc.stderr
+def test_bad_arguments_exit_2_naming_the_problem(tmp_path, monkeypatch, capsys):
+    # The entry's main in this process (the module ends in sys.exit(main())): a subprocess would
+    # spend the test importing torch. The slow test above runs the entry as users do.
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "no encoders.pt there" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse's exit
+        evaluate_main(["--checkpoint", str(tmp_path), "--task", "colour"])
+    assert exited.value.code == 2 and "invalid choice: 'colour'" in capsys.readouterr().err
     assert REPO.is_dir()

@@ -1,7 +1,9 @@
 """Task functions that kill their own worker process, for the crash-isolation tests.
 
 They live in an importable module (not in a test function) because spawned worker processes
-import the function by name; monkeypatching cannot reach across spawn.
+import the function by name; monkeypatching cannot reach across spawn. Every worker imports this
+module, so it imports the cutter only in cut_or_die: a worker of square_or_die starts in a
+fraction of a second.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sharding.cut import ClipOptions, ScanResult, ScanTask, cut_scan
 from sharding.deid import hash_id
 from tests.conftest import SALT
+
+if TYPE_CHECKING:
+    from sharding.cut import ClipOptions, ScanResult, ScanTask
 
 CRASH_ALWAYS = "crash-always"
 """A scan_id whose every cut kills its worker (a scan that segfaults FFmpeg each time)."""
@@ -38,6 +43,8 @@ def cut_or_die(task: ScanTask, opts: ClipOptions) -> ScanResult:
 
     Workers see scans by their hash only (raw ids stay in the build process).
     """
+    from sharding.cut import cut_scan
+
     if task.scan_hash == hash_id(SALT, "scan", CRASH_ALWAYS):
         os.kill(os.getpid(), signal.SIGKILL)
     if task.scan_hash == hash_id(SALT, "scan", CRASH_ONCE):

@@ -3,6 +3,7 @@ a failed write (disk full) leaves only complete shards, and a rerun resumes from
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 
 from sharding.__main__ import main as shard_main
 from sharding.build import BuildOptions, Execution, build
-from sharding.runners import ray_address
+from sharding.runners import _ordered, ray_address
 from sharding.writer import JOURNAL_NAME
 from tests.sharding.scankit import build_args
 from usvs_dist.data import schema
@@ -38,11 +39,29 @@ def test_worker_processes_give_the_same_shards(phantom_raw, salt_file, tmp_path,
     assert index == reference
 
 
+@pytest.mark.slow  # starts a local Ray instance (tens of seconds on 2 cores)
 def test_ray_tasks_give_the_same_shards(phantom_raw, salt_file, tmp_path, reference):
     index = build(
         phantom_raw, tmp_path, salt_file, OPTS, execution=Execution(workers=2, ray_address="local"), **QUIET
     )
     assert _shards(index) == _shards(reference)
+
+
+def test_ray_results_come_in_task_order_with_at_most_a_window_in_flight():
+    # run_ray's ordering without Ray: submit returns a stand-in for a task reference.
+    in_flight: list[int] = []
+
+    def submit(task: int) -> int:
+        in_flight.append(task)
+        assert len(in_flight) <= 3
+        return task
+
+    def wait(ref: int) -> int:
+        in_flight.remove(ref)
+        return ref * ref
+
+    assert list(_ordered(submit, wait, range(7), 3)) == [t * t for t in range(7)]
+    assert in_flight == []
 
 
 def test_ray_address_comes_from_the_flag_or_ray_job_submit(monkeypatch):
@@ -134,8 +153,20 @@ def test_progress_bar_shows_clips_per_second_and_eta(phantom_raw, salt_file, tmp
     assert re.search(r"build: 100%\|.*scan 6/6, 36 clips, [\d.]+ clips/s \[\d+:\d+<\d+:\d+\]", err), err
 
 
-def test_bench_prints_build_and_baseline_and_the_summary_line(phantom_raw, capsys):
-    assert shard_main(["bench", str(phantom_raw), "--size", "32", "--clip-seconds", "4"]) == 0
+def test_bench_prints_build_and_baseline_and_the_summary_line(phantom_raw, tmp_path, capsys):
+    # Two of the phantom's scans: the bench cuts every scan twice (build and baseline).
+    with phantom_raw.open() as f:
+        rows = list(csv.DictReader(f))[:2]
+    for row in rows:
+        row.update(
+            {c: str(phantom_raw.parent / row[c]) for c in ("video", "audio", "labels", "gaze") if row[c]}
+        )
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert shard_main(["bench", str(manifest), "--size", "32", "--clip-seconds", "4"]) == 0
     out = capsys.readouterr().out
     assert "build (1 worker(s))" in out and "baseline (PyAV, per clip)" in out
     last = out.strip().splitlines()[-1]

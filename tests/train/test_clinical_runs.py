@@ -6,16 +6,23 @@ import pytest
 
 from tests.conftest import LUNG_CLASSES
 from tests.train.runner import TINY, run_entry, steps_logged, train
+from usvs_dist.train.__main__ import main as train_main
 
 STEPS = ["train.steps=4", "train.checkpoint_every=4", "train.num_workers=2", "optim.warmup_steps=0"]
 
 
-def test_a_recipe_reading_narration_stops_before_ray_on_a_video_only_split(video_only_shards, tmp_path):
-    proc = run_entry(tmp_path, "usvs_dist.train", f"data.shards={video_only_shards}", *TINY, timeout=300)
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "objective.recipe=usvs2020 reads the narration" in proc.stderr
-    assert "0 clips with narration and 36 without" in proc.stderr
-    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+def test_a_recipe_reading_narration_stops_before_ray_on_a_video_only_split(
+    video_only_shards, tmp_path, monkeypatch, capsys
+):
+    # The entry's main in this process (the module ends in sys.exit(main())): a subprocess would
+    # spend the test importing torch and torchvision. The slow tests below run the entry itself.
+    monkeypatch.chdir(tmp_path)
+    code = train_main([f"data.shards={video_only_shards}", *TINY])
+    out, err = capsys.readouterr()
+    assert code == 2, out[-2000:] + err[-2000:]
+    assert "objective.recipe=usvs2020 reads the narration" in err
+    assert "0 clips with narration and 36 without" in err
+    assert "Started a local Ray instance" not in out + err
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlruns.db").exists()
 
 

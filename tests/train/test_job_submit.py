@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sharding.build import BuildOptions, build
-from tests.conftest import free_port
 from tests.train.runner import REPO, TINY, client_for
+from usvs_dist.dist.collectives import free_port
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from tests.conftest import free_port
 from usvs_dist.config import ConfigError, OptimConfig, load_config
+from usvs_dist.dist.collectives import free_port
 from usvs_dist.dist.engine import deepspeed_config, lr_factor
 from usvs_dist.tracking import MlflowTracker, finish_run
 
