@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.conftest import free_port
+from usvs_dist.dist.collectives import free_port
 from usvs_dist.config import load_config
 from usvs_dist.dist.collectives import GlobalBatchNorm1d, global_batchnorm
 from usvs_dist.dist.engine import distribute_batchnorm

@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import free_port
 from usvs_dist.bench.gpu import (
     NO_CUDA,
     PAPER_RECIPES,
@@ -29,6 +28,7 @@ from usvs_dist.bench.gpu import (
     steady_median,
 )
 from usvs_dist.config import load_config
+from usvs_dist.dist.collectives import free_port
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
