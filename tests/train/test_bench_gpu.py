@@ -236,9 +236,13 @@ def test_a_child_past_its_time_is_interrupted(tmp_path):
     log = tmp_path / "out.log"
     assert _run_child(["-c", "print('hi')"], tmp_path, log, timeout=60) == 0 and log.read_text() == "hi\n"
     assert _run_child(["-c", "import sys; sys.exit(3)"], tmp_path, log, timeout=60) == 3
-    slow = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('interrupted')\n"
-    assert _run_child(["-c", slow], tmp_path, log, timeout=1) is None
-    assert log.read_text() == "interrupted\n"  # SIGINT first, so Ray in the child can shut down
+    # 8 s: the child's interpreter must be inside its try before the signal, even on a busy machine.
+    slow = (
+        "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    print('interrupted')\n"
+    )
+    assert _run_child(["-c", slow], tmp_path, log, timeout=8) is None
+    assert log.read_text() == "ready\ninterrupted\n"  # SIGINT first, so Ray in the child can shut down
 
 
 def _fake_cuda(monkeypatch):
