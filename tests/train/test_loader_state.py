@@ -6,6 +6,9 @@ import itertools
 import json
 import logging
 
+import pytest
+import torch
+
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.train.checkpoint import load_rank_state, save_rank_state
@@ -53,3 +56,40 @@ def test_another_layout_restarts_the_epoch_and_keeps_the_sample_counts(phantom_s
     fresh.load_state_dict({"epoch": 1})
     assert fresh.current_epoch == 1 and fresh.sample_counts() == (0, 0)
     assert load_rank_state(tmp_path, rank=3) == {}
+
+
+def test_a_resume_after_an_odd_batch_keeps_the_workers_round_robin(phantom_shards):
+    loader = EpochLoader(_cfg(), phantom_shards, rank=0, world_size=1)
+    per_epoch = loader.plan(0).batches_per_rank
+    assert per_epoch >= 6  # 3 or more batches per worker, so the workers' turns matter
+    run = list(itertools.islice(loader.batches(), per_epoch))
+    first = EpochLoader(_cfg(), phantom_shards, rank=0, world_size=1)
+    head = list(itertools.islice(first.batches(), 3))  # worker 1's turn is next
+    resumed = EpochLoader(_cfg(), phantom_shards, rank=0, world_size=1)
+    resumed.load_state_dict(first.state_dict())
+    rest = list(itertools.islice(resumed.batches(), per_epoch - 3))
+    assert [int(b["worker"]) for b in rest][:2] == [1, 0]
+    assert _keys(head) + _keys(rest) == _keys(run)
+
+
+def test_a_stream_resumed_after_its_last_full_batch_pads_with_its_first():
+    from usvs_dist.data.pipeline import _batches
+
+    class Counts:
+        bad = seen = frames_decoded = frames_used = 0
+
+    first = {"video": torch.zeros(2, 1)}
+    out = list(_batches(iter(()), Counts(), 2, 3, (7, 2), 0, lambda: first))
+    assert len(out) == 1 and out[0]["loader_pos"] == 7 and out[0]["loader_batches"] == 3
+    assert out[0]["padded_samples"] == 2 and torch.equal(out[0]["video"], first["video"])
+    with pytest.raises(RuntimeError, match="no full batch"):
+        list(_batches(iter(()), Counts(), 2, 3, (0, 0), 0, lambda: first))
+
+
+def test_a_changed_read_plan_restarts_the_epoch(phantom_shards, caplog):
+    loader = EpochLoader(_cfg(), phantom_shards, rank=0, world_size=1)
+    list(itertools.islice(loader.batches(), 2))
+    other = EpochLoader(_cfg(seed=5), phantom_shards, rank=0, world_size=1)
+    with caplog.at_level(logging.WARNING):
+        other.load_state_dict(loader.state_dict())
+    assert "another read plan" in caplog.text and other.state_dict()["positions"] == {}

@@ -2,11 +2,12 @@
 
 A plan is a pure function of (shard clip counts, epoch, seed, ranks, workers, batch size):
 1. shuffle the shards by (seed, epoch);
-2. cut each shard into `parts` interleaved units (sample ordinal % parts) so that every stream
-   gets at least `stream_units` units (`data.interleave`): a stream whose units come from many
-   shards holds many scans, so its batches do not hold runs of one scan's adjacent clips
-   (shards store each scan's clips consecutively). The price is I/O: a unit reads its shard's
-   tar up to its last clip, so each shard is read about `parts` times (bench batches prints it);
+2. cut each shard into interleaved units (sample ordinal % parts), its `parts` in proportion to
+   its clips, so that every stream gets about `stream_units` units (`data.interleave`) or more:
+   a stream whose units come from many shards holds many scans, so its batches do not hold runs
+   of one scan's adjacent clips (shards store each scan's clips consecutively). The price is
+   I/O: a unit reads its shard's tar up to its last clip, so each shard is read about `parts`
+   times (bench batches prints it);
 3. split by node: units go to ranks, largest first to the least loaded (balanced by clips);
 4. split by worker: each rank's units go to its loader workers the same way;
 5. every stream yields the same number of batches: floor(smallest stream's clips / batch).
@@ -91,12 +92,16 @@ def plan_epoch(
     rng = random.Random(f"epoch-{seed}-{epoch}")
     order = list(range(len(shard_clips)))
     rng.shuffle(order)
-    parts = max(1, -(-streams * max(1, stream_units) // len(order)))
+    # Every shard is cut in proportion to its clips (a shard ten times larger gives ten times the
+    # units), so no stream ends up with one big shard's clips alone; at least one unit per stream.
+    wanted = streams * max(1, stream_units)
+    floor = -(-streams // len(order))
+    parts = {s: max(1, floor, -(-shard_clips[s] * wanted // max(1, total))) for s in order}
     units = [
-        Unit(s, j, parts, len(range(j, shard_clips[s], parts)))
+        Unit(s, j, parts[s], len(range(j, shard_clips[s], parts[s])))
         for s in order
-        for j in range(parts)
-        if len(range(j, shard_clips[s], parts)) > 0
+        for j in range(parts[s])
+        if len(range(j, shard_clips[s], parts[s])) > 0
     ]
     if resample:
         # Each stream draws units with replacement up to its share of the split.

@@ -8,8 +8,11 @@ position kept in the checkpoint. Batch keys: see docs/architecture.md ("Loader")
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -53,21 +56,28 @@ class RankEpoch(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
+        # The DataLoader's round robin starts at its worker 0; a resumed epoch must go on with the
+        # stream whose turn was next, so DataLoader worker i runs stream (i + first) % workers.
+        done_so_far = sum(d for _, d in self.positions.values())
+        worker = ((info.id if info is not None else 0) + done_so_far) % self.plan.workers
         stream = self.rank * self.plan.workers + worker
         units = self.plan.streams[stream]
         start, done = self.positions.get(worker, (0, 0))
-        decoder = ClipDecoder(
-            self.cfg,
-            self.clip_seconds,
-            self.rank,
-            train=True,
-            use_gpu=self.use_gpu,
-            local_rank=self.local_rank,
-            epoch=self.plan.epoch,
-            classes=self.classes,
-            audio=self.audio,
-        )
+
+        def make_decoder() -> ClipDecoder:
+            return ClipDecoder(
+                self.cfg,
+                self.clip_seconds,
+                self.rank,
+                train=True,
+                use_gpu=self.use_gpu,
+                local_rank=self.local_rank,
+                epoch=self.plan.epoch,
+                classes=self.classes,
+                audio=self.audio,
+            )
+
+        decoder = make_decoder()
         # 1. Seeded shuffle by epoch, split by node, split by worker: the plan gave this stream
         #    its units; their interleaved order is a function of (seed, epoch, stream).
         order = read_order(units, self.cfg.interleave, f"{self.cfg.seed}-{self.plan.epoch}-{stream}")
@@ -77,9 +87,26 @@ class RankEpoch(IterableDataset):
         samples = read_stream(self.shards, units, order, start, TarErrors(decoder), keep)
         # 3. Decord decode, frame sampling, image frame, the crop and jitter draws; bad samples counted.
         decoded = _decode(samples, decoder)
+
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
         #    barrier need every rank in step).
-        batches = _batches(decoded, decoder, self.cfg.batch_size, self.plan.batches_per_stream, done, worker)
+        def first_batch() -> dict | None:
+            # A stream resumed after its last full batch pads with its epoch's first one instead;
+            # a decoder of its own, so the re-read's bad samples are not counted twice.
+            again = make_decoder()
+            reread = _decode(read_stream(self.shards, units, order, 0, TarErrors(again), keep), again)
+            clips = [c for _, c in itertools.islice(reread, self.cfg.batch_size)]
+            return default_collate(clips) if len(clips) == self.cfg.batch_size else None
+
+        batches = _batches(
+            decoded,
+            decoder,
+            self.cfg.batch_size,
+            self.plan.batches_per_stream,
+            (start, done),
+            worker,
+            first_batch,
+        )
         # 5. Each clip's crop, flip and intensity jitter, uint8 -> float, narration -> log-mel, per
         #    batch (BatchFinisher). Training on CPU: here, so the workers share that work (finishing
         #    in the training process instead takes a core from them; docs/measurements.md). On a
@@ -101,12 +128,18 @@ def _decode(samples: Iterator[tuple[int, dict | None]], decoder: ClipDecoder) ->
 
 
 def _batches(
-    decoded: Iterator[tuple[int, dict]], decoder: ClipDecoder, size: int, quota: int, done: int, worker: int
+    decoded: Iterator[tuple[int, dict]],
+    decoder: ClipDecoder,
+    size: int,
+    quota: int,
+    resume: tuple[int, int],
+    worker: int,
+    first_batch: Callable[[], dict | None] = lambda: None,
 ) -> Iterator[dict]:
+    pos, done = resume
     pending: list[dict] = []
     last: dict | None = None
     padded = 0
-    pos = 0
     while done < quota:
         item = next(decoded, None)
         if item is not None:
@@ -115,7 +148,7 @@ def _batches(
             if len(pending) < size:
                 continue
             last, pending = default_collate(pending), []
-        elif last is None:
+        elif last is None and (done == 0 or (last := first_batch()) is None):
             raise RuntimeError(
                 f"loader worker {worker} produced no full batch of {size} from its shards "
                 f"({decoder.bad} of {decoder.seen} samples bad)"
@@ -202,26 +235,49 @@ class EpochLoader:
             "positions": {str(w): list(p) for w, p in self._positions.items()},
             "bad": bad,
             "padded": padded,
+            "plan": self.plan_key(),
         }
+
+    def plan_key(self) -> str:
+        """What a saved position depends on besides the layout: a change reads another order."""
+        c = self.cfg
+        what = [
+            c.seed,
+            c.interleave,
+            c.batch_size,
+            c.resample,
+            c.split,
+            [(s.name, s.clips) for s in self.shards],
+        ]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def load_state_dict(self, saved: dict) -> None:
         """Continue from `state_dict()`'s output; another rank/worker layout restarts its epoch.
 
-        Positions index each worker's stream of the plan, and the plan depends on the world size
-        and the worker count, so a position saved under another layout means nothing here.
+        Positions index each worker's stream of the plan, and the plan depends on the world size,
+        the worker count and `plan_key()`, so a position saved under another means nothing here
+        (checkpoints from before the key existed restart their epoch too).
         """
         self.current_epoch = int(saved.get("epoch", 0))
         layout = (saved.get("world_size"), saved.get("workers"))
         same_layout = layout == (self.world_size, self.cfg.loader_workers)
-        if saved.get("positions") and not same_layout:
+        same_plan = saved.get("plan") == self.plan_key()
+        plan_note = (
+            ""
+            if same_plan
+            else " and another read plan (data.seed, interleave, batch_size, resample, split or shards)"
+        )
+        if saved.get("positions") and not (same_layout and same_plan):
             log.warning(
-                "loader position of epoch %d was saved with %s ranks x %s workers, now %d x %d: "
+                "loader position of epoch %d was saved with %s ranks x %s workers, now %d x %d%s: "
                 "the epoch restarts from its beginning",
                 self.current_epoch,
                 *layout,
                 self.world_size,
                 self.cfg.loader_workers,
+                plan_note,
             )
+        same_layout = same_layout and same_plan
         positions = saved.get("positions", {}) if same_layout else {}
         self._positions = {int(w): (int(p[0]), int(p[1])) for w, p in positions.items()}
         self._bad_before, self._padded_before = int(saved.get("bad", 0)), int(saved.get("padded", 0))

@@ -153,7 +153,7 @@ class Task:
     """Also run every eval.every training steps, on eval.subset clips (linear protocol only)."""
 
     def runs_on(self, enc: Encoders) -> bool:
-        """Whether `enc` has what the task needs (else it raises naming what is missing)."""
+        """Whether `enc` has the encoders and heads the task needs."""
         return bool(set(self.encoders) & set(enc.encoders)) and set(self.heads) <= set(enc.heads)
 
 
