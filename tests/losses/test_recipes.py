@@ -223,7 +223,9 @@ def test_gathered_terms_declare_the_same_scan_keys_and_read_the_scan_targets_unl
         for mode, reads in (("keep", False), ("mask", True), ("window", True)):
             cfg = load_config(None, [f"objective.recipe={recipe}", f"objective.same_scan_negatives={mode}"])
             assert (SAME_SCAN_TARGETS <= check_objective(cfg.objective).targets) == reads, (recipe, mode)
-            assert recipe_reads(cfg.objective, "objective.same_scan_window_s")
+            # The window's width changes the loss in window mode only (a sweep of it is refused else).
+            assert recipe_reads(cfg.objective, "objective.same_scan_window_s") == (mode == "window")
+            assert recipe_reads(cfg.objective, "objective.same_scan_negatives")
     isbi = load_config(None, ["objective.recipe=isbi2020"]).objective
     assert not check_objective(isbi).targets & SAME_SCAN_TARGETS
     assert not recipe_reads(isbi, "objective.same_scan_negatives")

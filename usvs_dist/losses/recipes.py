@@ -57,11 +57,19 @@ SAME_SCAN_TARGETS = frozenset({"scan_id", "clip_t0"})
 """Targets a `same_scan` term reads unless objective.same_scan_negatives=keep (data.views' `scan`)."""
 
 
+_EXCLUDED = "_same_scan_excluded"
+"""Key prefix under which the first term of a step leaves the exclusion mask in the values for the
+others, so a step gathers the scan ids once however many terms read them."""
+
+
 def _excluded(o: Tensors, c: ObjectiveConfig) -> torch.Tensor | None:
     """The gathered samples that are not negatives of each local row; None for keep."""
     if c.same_scan_negatives == "keep":
         return None
-    return same_scan_exclusions(o["scan_id"], o["clip_t0"], c.same_scan_negatives, c.same_scan_window_s)
+    key = f"{_EXCLUDED}/{c.same_scan_negatives}/{c.same_scan_window_s}"
+    if key not in o:
+        o[key] = same_scan_exclusions(o["scan_id"], o["clip_t0"], c.same_scan_negatives, c.same_scan_window_s)
+    return o[key]
 
 
 def _nce(x: str, y: str) -> TermFn:
@@ -245,7 +253,12 @@ def _requirements(cfg: ObjectiveConfig, parts: list[Part]) -> Requirements:
     return Requirements(
         outputs=frozenset().union(*(t.outputs for t in terms)),
         targets=frozenset().union(*(t.targets for t in terms), SAME_SCAN_TARGETS if same_scan else ()),
-        reads=frozenset((*ALWAYS_READ, *RECIPES[cfg.recipe].reads, *(k for t in terms for k in t.reads))),
+        reads=frozenset(
+            k
+            for k in (*ALWAYS_READ, *RECIPES[cfg.recipe].reads, *(k for t in terms for k in t.reads))
+            # The window's width matters only in window mode.
+            if k != "objective.same_scan_window_s" or cfg.same_scan_negatives == "window"
+        ),
     )
 
 
