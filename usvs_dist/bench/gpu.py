@@ -211,6 +211,11 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    """In the forked child before exec: SIGINT back to its default action."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_child(args: list[str], cwd: Path, log_path: Path, timeout: float) -> int | None:
     """Run `python args` in its own process group, output to `log_path`; its exit status, or None
     when it ran past `timeout` (then its group gets SIGINT, so Ray shuts down, and SIGKILL 20 s on)."""
@@ -222,6 +227,9 @@ def _run_child(args: list[str], cwd: Path, log_path: Path, timeout: float) -> in
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A shell's background job (nohup, `&`, some CI runners) ignores SIGINT, and an ignored
+            # signal stays ignored across exec: the child would never see the interrupt below.
+            preexec_fn=_default_sigint,
         )
         try:
             return proc.wait(timeout=timeout)
