@@ -31,6 +31,7 @@ def test_pretraining_beats_random_init_on_the_linear_plane_probe(tmp_path_factor
     # Periodic evaluation logged to the training run.
     assert steps_logged(run.client, run.run_id, "eval/planes/video/linear/f1") == [40, 80]
     assert steps_logged(run.client, run.run_id, "eval/retrieval/v2a_r1") == [40, 80]
+    assert steps_logged(run.client, run.run_id, "eval/seconds") == [40, 80]  # what each call cost
 
     proc = _evaluate(
         "--checkpoint",
@@ -50,6 +51,7 @@ def test_pretraining_beats_random_init_on_the_linear_plane_probe(tmp_path_factor
     print(f"linear-probe macro-F1 (5 folds by scan): pretrained {pretrained:.4f}, random {random:.4f}")
     assert pretrained > random
     assert metrics["downstream_gain/planes/video/linear/f1"] == pytest.approx(pretrained - random)
+    assert metrics["downstream_time/planes_s"] > 0  # both encoder sets' wall time
     assert (tmp_path / "eval" / "report.md").is_file()
     artifacts = {a.path for a in run.client.list_artifacts(run.run_id, "downstream")}
     assert {"downstream/report.md", "downstream/confusion_video_linear.png"} <= artifacts

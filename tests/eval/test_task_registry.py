@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from usvs_dist.config import load_config
 from usvs_dist.eval import tasks
 from usvs_dist.eval.encoders import build_encoders
@@ -47,12 +50,18 @@ def test_evaluate_and_periodic_evaluation_loop_over_the_same_registry(monkeypatc
         f"{n}/score{k}": v for n in ("alpha", "beta", "gamma") for k, v in (("", 1.0), ("_std", 0.0))
     }
     assert "- fake: fake clips" in result["report"]
+    assert {task: set(took) for task, took in result["seconds"].items()} == {
+        n: {"pretrained", "random"} for n in ("alpha", "beta", "gamma")
+    }
+    assert "| beta |" in result["report"]  # its wall times
 
     runs.clear()
     model = build_model(cfg, {"video", "audio"})
     metrics = PeriodicEval(cfg, "nowhere")(model)
     assert runs == [("alpha", "training"), ("gamma", "training")]
+    seconds = metrics.pop("eval/seconds")  # what the call cost, logged with its metrics
     assert metrics == {"eval/alpha/score": 1.0, "eval/gamma/score": 1.0}
+    assert isinstance(seconds, float) and seconds >= 0
     assert model.training
 
     # A task whose heads the model lacks is skipped during training.
@@ -68,3 +77,26 @@ def test_the_registry_keeps_the_entry_s_tasks_and_training_s_subset():
     assert not tasks.LABELLED_CLIPS.audio and tasks.NARRATED_CLIPS.audio
     fresh = build_encoders(load_config(None, TINY), None, "random")  # encoders, no heads
     assert tasks.TASKS["planes"].runs_on(fresh) and not tasks.TASKS["retrieval"].runs_on(fresh)
+
+
+def test_periodic_evaluation_runs_where_the_model_is_or_on_a_copy_on_eval_device(monkeypatch):
+    _registry(monkeypatch)
+    model = build_model(load_config(None, TINY), {"video", "audio"})
+    for device in ("auto", "cpu"):  # the model is on the CPU: both evaluate the live modules
+        periodic = PeriodicEval(load_config(None, [*TINY, f"eval.device={device}"]), "nowhere")
+        assert periodic._encoders(model).encoders["video"] is model.encoders["video"]
+
+    # Elsewhere (here the meta device stands in for another one): a copy, built without drawing
+    # from the training RNG (the gpu test in test_device_progress.py compares its weights).
+    periodic.device = torch.device("meta")
+    rng = torch.get_rng_state()
+    copy = periodic._encoders(model)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert copy.device.type == "meta" and set(copy.heads) == {"video", "audio"}
+    assert copy.encoders["video"] is not model.encoders["video"]
+    live = dict(model.encoders["video"].named_parameters())
+    assert all(p.shape == live[name].shape for name, p in copy.encoders["video"].named_parameters())
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="eval.device=cuda: torch sees no CUDA device"):
+        PeriodicEval(load_config(None, [*TINY, "eval.device=cuda"]), "nowhere")

@@ -545,6 +545,10 @@ class EvalConfig(Section):
     """Clips per forward pass in evaluation."""
     seed: int = 0
     """Seed of folds, probes and the random-encoder baseline."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where evaluation runs (bf16 autocast on CUDA). auto: for `python -m usvs_dist.evaluate`,
+    CUDA when torch sees it, else the CPU; during training, the training process's device.
+    `evaluate --device` overrides it; cuda without a CUDA device stops evaluation."""
 
     def check(self) -> None:
         """Cadence, subset and set sizes, folds and the protocols' settings."""

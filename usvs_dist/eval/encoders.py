@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from usvs_dist.config import RootConfig, load_config
+from usvs_dist.eval.device import module_device
 from usvs_dist.models import ENCODERS, build_encoder
 from usvs_dist.models.heads import ProjectionHead
 
@@ -36,6 +37,17 @@ class Encoders:
         for module in [*self.encoders.values(), *self.heads.values()]:
             module.eval()
         return self
+
+    def to(self, device: torch.device | str) -> Encoders:
+        """All modules moved to `device` (once: tasks then move only their inputs, batch by batch)."""
+        for module in [*self.encoders.values(), *self.heads.values()]:
+            module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoders are (the CPU when built; see `to`)."""
+        return module_device(next(iter(self.encoders.values())))
 
 
 def build_encoders(

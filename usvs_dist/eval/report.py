@@ -23,8 +23,15 @@ def gains(trained: dict[str, float], random: dict[str, float]) -> dict[str, floa
     return out
 
 
-def markdown(trained: dict[str, float], random: dict[str, float], source: str, sets: dict[str, str]) -> str:
-    """The report: one row per metric, pretrained (± std over folds), random, gain (positive = better)."""
+def markdown(
+    trained: dict[str, float],
+    random: dict[str, float],
+    source: str,
+    sets: dict[str, str],
+    seconds: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """The report: one row per metric, pretrained (± std over folds), random, gain (positive = better);
+    then, with `seconds` ({task: {"pretrained": s, "random": s}}), each task's wall time."""
     gain = gains(trained, random)
     lines = [
         f"# Downstream evaluation of {source}",
@@ -41,6 +48,12 @@ def markdown(trained: dict[str, float], random: dict[str, float], source: str, s
         rshown = f"{random[name]:.4f}" + (f" ± {rstd:.4f}" if rstd is not None else "")
         lines.append(f"| {name} | {shown} | {rshown} | {gain[name]:+.4f} |")
     lines += ["", "Gain: pretrained - random (for KLD: random - pretrained), so positive is better."]
+    if seconds:
+        lines += ["", "| task | wall time, pretrained | wall time, random init |", "| --- | --- | --- |"]
+        for task, took in seconds.items():
+            shown = [f"{took[side]:.1f} s" if side in took else "-" for side in ("pretrained", "random")]
+            lines.append(f"| {task} | {' | '.join(shown)} |")
+        lines += ["", "Wall time: the task's run on each set of encoders (loading clips not included)."]
     return "\n".join(lines) + "\n"
 
 

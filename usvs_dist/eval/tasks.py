@@ -24,7 +24,8 @@ from usvs_dist.eval.saliency import saliency
 
 
 def planes(enc: Encoders, clips: ClipSet, protocols=("linear", "finetune")) -> tuple[dict[str, float], dict]:
-    """Plane detection with every visual encoder present; (metrics, {(modality, protocol): confusion})."""
+    """Plane detection with every visual encoder present, on the encoders' device; (metrics,
+    {(modality, protocol): confusion})."""
     metrics: dict[str, float] = {}
     confusions = {}
     inputs = {"video": clips.video, "image": clips.image}
@@ -39,6 +40,8 @@ def planes(enc: Encoders, clips: ClipSet, protocols=("linear", "finetune")) -> t
             enc.cfg.eval,
             protocols,
             classes=len(clips.vocabulary.classes),
+            device=enc.device,
+            desc=f"planes {modality}",
         )
         for protocol in protocols:
             if protocol not in result:
@@ -73,7 +76,8 @@ def _project(head: torch.nn.Module, feat_NF: torch.Tensor) -> torch.Tensor:
 
 
 def retrieval(enc: Encoders, clips: ClipSet) -> dict[str, float]:
-    """Video->audio and audio->video recall@1/5/10 in the shared latent."""
+    """Video->audio and audio->video recall@1/5/10 in the shared latent (encoders and heads run
+    where they are, see `Encoders.to`; the ranking is on the CPU)."""
     if clips.audio is None:
         raise ValueError(f"{enc.source}: retrieval needs the narration, and these clips were read without it")
     missing = [m for m in ("video", "audio") if m not in enc.heads]
