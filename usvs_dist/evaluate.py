@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="the run's resolved config, when --checkpoint is a bare encoders.pt")
     p.add_argument("--task", action="append", choices=tasks.TASKS, help="repeatable; default: all three")
     p.add_argument(
-        "--protocol", action="append", choices=("linear", "finetune"), help="plane protocols; default both"
+        "--protocol",
+        action="append",
+        choices=("linear", "finetune"),
+        help="protocols of plane detection and saliency; default both",
     )
     p.add_argument(
         "--shards", help="shard folder or URL; default: the run's data.shards (or its phantom cache)"

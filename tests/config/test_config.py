@@ -107,9 +107,9 @@ def test_dual2024_config_builds_the_paper_model():
     assert (cfg.objective.temperature, cfg.objective.pi) == (0.1, 0.5)
     model = build_model(cfg, check_objective(cfg.objective).outputs)
     assert {m: type(e).__name__ for m, e in model.encoders.items()} == {
-        "video": "VideoResNet",
+        "video": "R2Plus1D18",  # torchvision's VideoResNet with a feature_map
         "audio": "CNN14",
-        "image": "ResNet",
+        "image": "ResNet18",  # torchvision's ResNet with a feature_map
     }
     assert model.projections["audio"].proj.out_features == 512
     assert model.fusions["va"].proj.in_features == 512 + 2048

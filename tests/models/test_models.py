@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.models import resnet18 as tv_resnet18
+from torchvision.models.video import r2plus1d_18 as tv_r2plus1d_18
 
 from usvs_dist.config import load_config
 from usvs_dist.losses import check_objective
@@ -56,6 +57,42 @@ def test_paper_encoders_have_the_published_size(modality, name, out_features, mi
     assert millions[0] < params < millions[1], params
     with torch.no_grad():
         assert encoder(_input(modality, 1, 64)).shape == (2, out_features)
+
+
+VISUAL_ENCODERS = [(m, name) for m in ("video", "image") for name in ENCODERS[m]]
+
+
+@pytest.mark.parametrize(("modality", "name"), VISUAL_ENCODERS)
+def test_visual_feature_maps_pool_to_the_pooled_feature(modality, name):
+    # The map a spatial decoder reads is the block `forward` pools: its spatial mean is the feature.
+    encoder = ENCODERS[modality][name](1, 4, DATA).eval()
+    x = _input(modality, 1, 64)
+    with torch.no_grad():
+        feat, fmap = encoder(x), encoder.feature_map(x)
+    stride = {"resnet18": 32, "tiny_resnet": 32}.get(name, 16)
+    assert fmap.shape == (2, encoder.out_features, 64 // stride, 64 // stride)
+    torch.testing.assert_close(fmap.mean(dim=(2, 3)), feat, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("modality", "name", "torchvision_builder", "x"),
+    [
+        ("image", "resnet18", tv_resnet18, torch.rand(2, 3, 64, 64)),
+        ("video", "r2plus1d_18", tv_r2plus1d_18, torch.rand(2, 3, 4, 32, 32)),
+    ],
+)
+def test_paper_encoders_are_torchvision_s_networks(modality, name, torchvision_builder, x):
+    # Same seed, same initial weights (the random baseline does not move) and the same forward,
+    # bit for bit: the subclass only adds feature_map.
+    torch.manual_seed(3)
+    ours = ENCODERS[modality][name](3, 8, DATA).eval()
+    torch.manual_seed(3)
+    theirs = torchvision_builder(weights=None).eval()
+    theirs.fc = torch.nn.Identity()
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
 
 
 @pytest.mark.parametrize(

@@ -530,15 +530,18 @@ class EvalConfig(Section):
     probe_iters: int = 200
     """L-BFGS iterations of the linear probe."""
     finetune_steps: int = 200
-    """Optimizer steps of full fine-tuning per fold (batches of eval.batch_size); 0: skip it."""
+    """Optimizer steps of full fine-tuning per fold (batches of eval.batch_size), for plane
+    detection and saliency alike; 0: skip the finetune protocol."""
     finetune_lr: float = 1e-4
-    """Adam learning rate of the encoder when fine-tuning."""
+    """Adam learning rate of the encoder when fine-tuning (plane detection and saliency)."""
     finetune_head_lr: float = 1e-2
-    """Adam learning rate of the new linear head when fine-tuning."""
+    """Adam learning rate of the new linear head when fine-tuning for plane detection."""
     saliency_encoder: Literal["video", "image"] = "video"
     """Encoder under the saliency decoder: video (the clip's gaze) or image (its frame's gaze)."""
     saliency_epochs: int = 30
-    """Epochs of the saliency decoder per fold (encoder frozen)."""
+    """Epochs of the saliency decoder per fold under the linear protocol (encoder frozen)."""
+    saliency_lr: float = 1e-3
+    """Adam learning rate of the saliency decoder, under both protocols."""
     saliency_sigma: float = 1 / 16
     """Gaussian blur of fixations as a fraction of the map width (project default 1/16)."""
     batch_size: int = 16
@@ -562,6 +565,7 @@ class EvalConfig(Section):
         self.require(self.finetune_lr > 0, "finetune_lr", "> 0")
         self.require(self.finetune_head_lr > 0, "finetune_head_lr", "> 0")
         self.require(self.saliency_epochs >= 1, "saliency_epochs", ">= 1")
+        self.require(self.saliency_lr > 0, "saliency_lr", "> 0")
         self.require(0 < self.saliency_sigma <= 0.5, "saliency_sigma", "in (0, 0.5]")
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
 

@@ -10,7 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-LOWER_IS_BETTER = ("saliency/kld",)
+LOWER_IS_BETTER = ("kld",)
+"""Last parts of metric names where lower is better (saliency/{protocol}/kld)."""
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a lower value of metric `name` is better (KLD under any saliency protocol)."""
+    return name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
 
 
 def gains(trained: dict[str, float], random: dict[str, float]) -> dict[str, float]:
@@ -19,7 +25,7 @@ def gains(trained: dict[str, float], random: dict[str, float]) -> dict[str, floa
     for name, value in trained.items():
         if name.endswith("_std") or name not in random:
             continue
-        out[name] = random[name] - value if name in LOWER_IS_BETTER else value - random[name]
+        out[name] = random[name] - value if lower_is_better(name) else value - random[name]
     return out
 
 

@@ -2,7 +2,7 @@
 `TASKS`, the registry both the evaluation entry and periodic evaluation during training loop over.
 
 Metric names: planes/{video,image}/{linear,finetune}/{precision,recall,f1}[_std],
-saliency/{kld,sim,nss,cc}[_std], retrieval/{v2a,a2v}_r{1,5,10}.
+saliency/{linear,finetune}/{kld,sim,nss,cc}[_std], retrieval/{v2a,a2v}_r{1,5,10}.
 """
 
 from __future__ import annotations
@@ -54,8 +54,11 @@ def planes(enc: Encoders, clips: ClipSet, protocols=("linear", "finetune")) -> t
     return metrics, confusions
 
 
-def gaze_saliency(enc: Encoders, clips: ClipSet) -> tuple[dict[str, float], tuple | None]:
-    """Saliency with the eval.saliency_encoder; (metrics, (rows, predictions, truths) of examples)."""
+def gaze_saliency(
+    enc: Encoders, clips: ClipSet, protocols=("linear", "finetune")
+) -> tuple[dict[str, float], tuple | None]:
+    """Saliency with the eval.saliency_encoder under each protocol; (metrics, (rows, predictions,
+    truths) of examples of the first protocol run)."""
     modality = enc.cfg.eval.saliency_encoder
     if modality not in enc.encoders:
         raise ValueError(
@@ -65,9 +68,13 @@ def gaze_saliency(enc: Encoders, clips: ClipSet) -> tuple[dict[str, float], tupl
     inputs, points = (
         (clips.video, clips.gaze) if modality == "video" else (clips.image, clips.image_gaze[:, None])
     )
-    result = saliency(enc.encoders[modality], inputs, points, clips.scan, enc.cfg.eval)
-    examples = result.pop("examples")
-    return {f"saliency/{k}": v for k, v in result.items() if k not in ("clips", "folds")}, examples
+    result = saliency(enc.encoders[modality], inputs, points, clips.scan, enc.cfg.eval, protocols)
+    metrics = {
+        f"saliency/{protocol}/{name}": value
+        for protocol in protocols
+        for name, value in result.get(protocol, {}).items()
+    }
+    return metrics, result["examples"]
 
 
 def _project(head: torch.nn.Module, feat_NF: torch.Tensor) -> torch.Tensor:
@@ -136,7 +143,7 @@ NARRATED_CLIPS = Clips("retrieval", lambda cfg: [cfg.eval.retrieval_split], True
 
 
 Run = Callable[[Encoders, ClipSet, tuple[str, ...]], tuple[dict[str, float], Any]]
-"""(encoders, clips, plane protocols) -> (metrics, what its figures are drawn from)."""
+"""(encoders, clips, protocols of planes and saliency) -> (metrics, what its figures are drawn from)."""
 Figures = Callable[[Any, ClipSet, Path], list[Path]]
 """(what `run` returned beside the metrics, clips, output folder) -> figure files."""
 
@@ -181,7 +188,7 @@ def _saliency_figures(examples: tuple | None, clips: ClipSet, out: Path) -> list
 
 
 def _saliency(enc: Encoders, clips: ClipSet, protocols: tuple[str, ...]) -> tuple[dict[str, float], Any]:
-    return gaze_saliency(enc, clips)
+    return gaze_saliency(enc, clips, protocols)
 
 
 def _retrieval(enc: Encoders, clips: ClipSet, protocols: tuple[str, ...]) -> tuple[dict[str, float], Any]:

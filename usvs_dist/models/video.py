@@ -1,16 +1,32 @@
 """Video encoders: R(2+1)D-18 (torchvision; dual2024's), a tiny R(2+1)D and a tiny 3D CNN for CPU.
 
-Every encoder maps video_BCTHW -> feat_BF and states its F as `out_features`.
+Every encoder maps video_BCTHW -> feat_BF and states its F as `out_features`; its
+`feature_map(video_BCTHW)` is the last convolutional block's output before pooling, averaged over
+time: [B, F, h, w] (what spatial decoders read; its spatial mean is `forward`'s feature).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.video import r2plus1d_18
-from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D
+from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet
 
 from usvs_dist.config.schema import DataConfig
+
+
+class R2Plus1D18(VideoResNet):
+    """torchvision's VideoResNet as `r2plus1d_18` builds it, with `feature_map`; `forward` is
+    torchvision's own (stem, layer1-4, global average pool, fc)."""
+
+    def __init__(self):
+        # torchvision.models.video.r2plus1d_18(weights=None) builds exactly this.
+        super().__init__(BasicBlock, [Conv2Plus1D] * 4, [2, 2, 2, 2], R2Plus1dStem)
+
+    def feature_map(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        """[B, C, T, H, W] -> layer4's output averaged over time [B, 512, H/16, W/16]."""
+        x = self.stem(video_BCTHW)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean(dim=2)
 
 
 def r2plus1d18(in_channels: int, width: int, data: DataConfig) -> nn.Module:
@@ -19,7 +35,7 @@ def r2plus1d18(in_channels: int, width: int, data: DataConfig) -> nn.Module:
     Its state dict keeps torchvision's key names, so torchvision (Kinetics) weight files load.
     """
     del width, data  # the published architecture has fixed widths
-    net = r2plus1d_18(weights=None)
+    net = R2Plus1D18()
     if in_channels != 3:
         old = net.stem[0]
         net.stem[0] = nn.Conv3d(
@@ -56,6 +72,10 @@ class TinyR2Plus1D(nn.Module):
         """[B, C, T, H, W] -> [B, 8*width]."""
         return self.stages(self.stem(video_BCTHW)).mean(dim=(2, 3, 4))
 
+    def feature_map(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        """[B, C, T, H, W] -> the last stage's output averaged over time [B, 8*width, H/16, W/16]."""
+        return self.stages(self.stem(video_BCTHW)).mean(dim=2)
+
 
 def _conv3d(cin: int, cout: int, stride: tuple[int, int, int]) -> nn.Sequential:
     return nn.Sequential(
@@ -81,6 +101,10 @@ class TinyVideoEncoder(nn.Module):
     def forward(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
         """[B, C, T, H, W] -> [B, 8*width]."""
         return self.blocks(video_BCTHW).mean(dim=(2, 3, 4))
+
+    def feature_map(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        """[B, C, T, H, W] -> the last block's output averaged over time [B, 8*width, H/16, W/16]."""
+        return self.blocks(video_BCTHW).mean(dim=2)
 
 
 def tiny_r2plus1d(in_channels: int, width: int, data: DataConfig) -> nn.Module:
