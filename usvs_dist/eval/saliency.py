@@ -21,7 +21,9 @@ from torch import nn
 
 from usvs_dist.config.schema import EvalConfig
 from usvs_dist.eval import metrics
+from usvs_dist.eval.device import autocast, module_device
 from usvs_dist.eval.probe import scan_folds
+from usvs_dist.eval.progress import progress
 
 MAP_SIZE = 32
 """Side of the predicted and ground-truth maps."""
@@ -71,12 +73,13 @@ def feature_maps(encoder: nn.Module, inputs: torch.Tensor, batch_size: int) -> t
     _check_spatial(encoder)
     encoder.eval()
     param = next(encoder.parameters())
-    return torch.cat(
-        [
-            encoder.feature_map(inputs[i : i + batch_size].to(param.device, param.dtype)).float().cpu()
-            for i in range(0, len(inputs), batch_size)
-        ]
-    )
+    with autocast(param.device):
+        return torch.cat(
+            [
+                encoder.feature_map(inputs[i : i + batch_size].to(param.device, param.dtype)).float().cpu()
+                for i in range(0, len(inputs), batch_size)
+            ]
+        )
 
 
 class SaliencyDecoder(nn.Module):
@@ -170,7 +173,8 @@ def finetune_decoder(
     )
     n = len(inputs)
     for rows in _batches(n, max(2, min(cfg.batch_size, n)), cfg.finetune_steps):
-        fmap = model.feature_map(inputs[rows].to(param.device, param.dtype)).float()
+        with autocast(param.device):
+            fmap = model.feature_map(inputs[rows].to(param.device, param.dtype)).float()
         loss = saliency_loss(decoder(fmap), truth_NSS[rows].to(param.device))
         opt.zero_grad()
         loss.backward()
@@ -199,6 +203,7 @@ def saliency(
     scans: list[str],
     cfg: EvalConfig,
     protocols: tuple[str, ...] = PROTOCOLS,
+    desc: str = "saliency",
 ) -> dict:
     """Per protocol: KLD, SIM, NSS, CC mean and std over scan folds; a few test predictions.
 
@@ -207,6 +212,7 @@ def saliency(
         inputs: its inputs [N, ...].
         points: gaze points per clip [N, P, 2] (P = 1 for an image); clips without any are left out.
         protocols: some of PROTOCOLS; finetune is skipped when eval.finetune_steps is 0.
+        desc: label of its progress lines (one per protocol and fold).
 
     Returns {"linear": {"kld": .., "kld_std": .., ...}, "finetune": {...}, "clips", "folds",
     "examples"}: examples = (rows, predictions, truths) of the first fold's first 4 test clips under
@@ -225,28 +231,30 @@ def saliency(
     inputs = inputs[keep]
     scans = [scans[i] for i in keep.tolist()]
     folds = scan_folds(scans, cfg.folds, cfg.seed)
-    device = next(encoder.parameters()).device
+    device = module_device(encoder)
     maps = feature_maps(encoder, inputs, cfg.batch_size) if "linear" in protocols else None
     out: dict = {"clips": len(keep), "folds": len(folds), "examples": None}
     for protocol in protocols:
         if protocol == "finetune" and cfg.finetune_steps == 0:
             continue
         per_fold: dict[str, list[float]] = {"kld": [], "sim": [], "nss": [], "cc": []}
-        for test_rows in folds:
-            test = torch.tensor(test_rows)
-            train = torch.tensor([i for i in range(len(scans)) if i not in set(test_rows)])
-            if protocol == "linear":
-                decoder = train_decoder(maps[train], truth[train], cfg, device)
-                pred = predict(decoder, maps[test], cfg.batch_size)
-            else:
-                model, decoder = finetune_decoder(encoder, inputs[train], truth[train], cfg)
-                pred = predict(decoder, feature_maps(model, inputs[test], cfg.batch_size), cfg.batch_size)
-            per_fold["kld"].append(metrics.kld(pred, truth[test]))
-            per_fold["sim"].append(metrics.sim(pred, truth[test]))
-            per_fold["cc"].append(metrics.cc(pred, truth[test]))
-            per_fold["nss"].append(metrics.nss(pred, fixations[test]))
-            if out["examples"] is None:
-                out["examples"] = (keep[test[:4]], pred[:4], truth[test[:4]])
+        with progress(len(folds), f"{desc} {protocol}") as advance:
+            for test_rows in folds:
+                test = torch.tensor(test_rows)
+                train = torch.tensor([i for i in range(len(scans)) if i not in set(test_rows)])
+                if protocol == "linear":
+                    decoder = train_decoder(maps[train], truth[train], cfg, device)
+                    pred = predict(decoder, maps[test], cfg.batch_size)
+                else:
+                    model, decoder = finetune_decoder(encoder, inputs[train], truth[train], cfg)
+                    pred = predict(decoder, feature_maps(model, inputs[test], cfg.batch_size), cfg.batch_size)
+                per_fold["kld"].append(metrics.kld(pred, truth[test]))
+                per_fold["sim"].append(metrics.sim(pred, truth[test]))
+                per_fold["cc"].append(metrics.cc(pred, truth[test]))
+                per_fold["nss"].append(metrics.nss(pred, fixations[test]))
+                if out["examples"] is None:
+                    out["examples"] = (keep[test[:4]], pred[:4], truth[test[:4]])
+                advance()
         summary = {}
         for name, values in per_fold.items():
             summary[name] = statistics.mean(values)

@@ -68,7 +68,8 @@ def gaze_saliency(
     inputs, points = (
         (clips.video, clips.gaze) if modality == "video" else (clips.image, clips.image_gaze[:, None])
     )
-    result = saliency(enc.encoders[modality], inputs, points, clips.scan, enc.cfg.eval, protocols)
+    encoder, desc = enc.encoders[modality], f"saliency {modality}"
+    result = saliency(encoder, inputs, points, clips.scan, enc.cfg.eval, protocols, desc=desc)
     metrics = {
         f"saliency/{protocol}/{name}": value
         for protocol in protocols
