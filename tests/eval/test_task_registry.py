@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from usvs_dist.config import load_config
 from usvs_dist.eval import tasks
 from usvs_dist.eval.encoders import build_encoders
@@ -16,7 +18,7 @@ def _registry(monkeypatch) -> list[tuple[str, str]]:
     """Replace TASKS with recording tasks on fake clips; returns the (task, encoders' source) runs."""
     runs: list[tuple[str, str]] = []
     clips = tasks.Clips("fake", lambda cfg: ["train"], False, False, lambda clips, cfg: "fake clips")
-    monkeypatch.setattr(tasks.Clips, "load", lambda self, cfg, location, max_clips: object())
+    monkeypatch.setattr(tasks.Clips, "load", lambda self, cfg, location, max_clips: SimpleNamespace(split=[]))
 
     def task(name: str, periodic: bool = True, heads: tuple[str, ...] = ()) -> tasks.Task:
         def run(enc, clips, protocols):
