@@ -266,3 +266,11 @@ def test_a_weights_file_missing_here_names_the_key_and_how_to_leave_the_baseline
     enc = build_encoders(cfg, None, "trained")
     with pytest.raises(FileNotFoundError, match=r"model\.video_weights=.*set model\.video_weights=''"):
         evaluate(enc, str(test_only_shards), ["planes"], ("linear",), tmp_path)
+
+
+def test_the_report_shows_salted_scan_hashes_as_they_are_and_hashes_anything_else():
+    from usvs_dist.eval.report import scan_id
+
+    assert scan_id("0e66841428debec0") == "0e66841428debec0"
+    shown = scan_id("patient-007_scan2")  # shards from another writer could carry names
+    assert "patient" not in shown and len(shown) == 16 and shown == scan_id("patient-007_scan2")
