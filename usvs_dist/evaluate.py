@@ -2,10 +2,17 @@
 
 Scores a pretraining run's exported encoders on the downstream tasks (plane detection: linear
 probe and fine-tuning; gaze saliency; cross-modal retrieval) against randomly initialised
-encoders of the same architecture, prints the report and logs it to the evaluated MLflow run.
-Runs on CUDA when there is a device (--device, eval.device), shows progress per task and fold on
-stderr (--quiet: none). Needs neither Ray nor DeepSpeed. Exit status 2 on bad arguments (--device
-cuda without CUDA too), 1 when a task cannot run.
+encoders of the same architecture and, when model.video_weights / image_weights / audio_weights
+name local files (the run's, or set here: `model.image_weights=resnet18.pth`), against encoders
+initialised from them; prints the report and logs it to the evaluated MLflow run.
+
+Plane detection and saliency read the held-out scans of eval.plane_splits (default: test), or
+a separate labelled shard set given by --shards (its index may hold only some splits); a set
+of more than eval.max_clips clips is sampled evenly over its scans (seeded by eval.seed).
+report.md lists the scans used by their hashed ids, never a path. Needs neither Ray nor
+DeepSpeed. Runs on CUDA when there is a device (--device, eval.device), shows progress per task
+and fold on stderr (--quiet: none). Exit status 2 on bad arguments (--device cuda without CUDA
+too), 1 when a task cannot run.
 """
 
 from __future__ import annotations
@@ -24,13 +31,22 @@ from usvs_dist.config import ConfigError, apply_overrides, redact
 from usvs_dist.eval import progress, report, tasks
 from usvs_dist.eval.clips import ClipSet
 from usvs_dist.eval.device import DEVICES, resolve_device
-from usvs_dist.eval.encoders import RUN_FILE, Encoders, build_encoders, from_checkpoint, random_twin
+from usvs_dist.eval.encoders import (
+    RUN_FILE,
+    Encoders,
+    build_encoders,
+    from_checkpoint,
+    random_twin,
+    weights_files,
+    weights_twin,
+)
 
 log = logging.getLogger("usvs_dist.evaluate")
 
 
-OVERRIDABLE = ("eval.", "data.")
-"""Keys an evaluation may override on top of the run's config: the architecture stays the run's."""
+OVERRIDABLE = ("eval.", "data.", "model.video_weights=", "model.image_weights=", "model.audio_weights=")
+"""Keys an evaluation may override on top of the run's config: the architecture stays the run's;
+model.*_weights only name the files of the weights-init baseline."""
 
 
 def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
@@ -54,6 +70,27 @@ def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
     return enc, None, None
 
 
+def _baselines(enc: Encoders, init: Encoders | None) -> list[str]:
+    """The report's lines on the baselines: which weights init, and what it leaves out."""
+    lines = [f"random init: the same architecture, seeded by eval.seed={enc.cfg.eval.seed}"]
+    if init is None:
+        lines.append(
+            "no weights-init baseline: model.video_weights, model.image_weights and "
+            "model.audio_weights are empty (set one to a local file here to add it)"
+        )
+        return lines
+    files = weights_files(enc.cfg, list(init.encoders))
+    named = ", ".join(f"{m} encoder from {Path(f).name}" for m, f in files.items())
+    lines.append(f"{init.source}: {named}; projection heads random")
+    missing = [m for m in enc.encoders if m not in init.encoders]
+    if missing:
+        lines.append(
+            f"{init.source} leaves out the {', '.join(missing)} encoder(s) (no model.*_weights file): "
+            "a task needing one shows — in that column"
+        )
+    return lines
+
+
 def evaluate(
     enc: Encoders,
     location: str,
@@ -62,15 +99,18 @@ def evaluate(
     out: Path,
     device: torch.device | None = None,
 ) -> dict:
-    """Run the tasks on the pretrained and the random encoders on `device` (default: eval.device;
-    `enc` is moved there); returns metrics, each task's wall seconds per encoder set ("seconds":
-    {task: {"pretrained": s, "random": s}}, clip loading and figures left out), the report and
-    the written files."""
+    """Run the tasks on the pretrained encoders and the baselines (random twin; weights twin when
+    model.*_weights name files) on `device` (default: eval.device; `enc` is moved there); returns
+    metrics, gains, each task's wall seconds per encoder set ("seconds": {task: {side: s}}, clip
+    loading and figures left out), the report and the written files."""
     cfg = enc.cfg
     device = resolve_device(cfg.eval.device) if device is None else device
-    random = random_twin(enc).to(device)
     enc.to(device)
-    results: dict[str, dict[str, float]] = {"pretrained": {}, "random": {}}
+    baselines = {"random": random_twin(enc).to(device)}
+    init = weights_twin(enc)
+    if init is not None:
+        baselines["init"] = init.to(device)
+    results: dict[str, dict[str, float]] = {"pretrained": {}, **{side: {} for side in baselines}}
     seconds: dict[str, dict[str, float]] = {}
     sets: dict[str, str] = {}
     loaded: dict[str, ClipSet] = {}
@@ -83,7 +123,9 @@ def evaluate(
             loaded[source.label] = source.load(cfg, location, cfg.eval.max_clips)
             sets[source.label] = source.describe(loaded[source.label], cfg)
         clips = loaded[source.label]
-        for side, e in (("pretrained", enc), ("random", random)):
+        for side, e in (("pretrained", enc), *baselines.items()):
+            if side == "init" and not task.runs_on(e):
+                continue  # a modality without a weights file: left out of that column
             progress.note(f"{name}, {side} encoders on {device.type}: started")
             start = time.perf_counter()
             metrics, drawn = task.run(e, clips, protocols)
@@ -92,15 +134,29 @@ def evaluate(
             results[side].update(metrics)
             if side == "pretrained" and task.figures is not None:
                 figures += task.figures(drawn, clips, out)
-    text = report.markdown(results["pretrained"], results["random"], enc.source, sets, seconds)
+    used = {label: clips.by_split() for label, clips in loaded.items() if clips.split}
+    text = report.markdown(
+        results["pretrained"],
+        results["random"],
+        enc.source,
+        sets,
+        results.get("init"),
+        init_label=init.source if init is not None else "weights init",
+        baselines=_baselines(enc, init),
+        used=used,
+        seconds=seconds,
+    )
     (out / "report.md").write_text(text)
-    return {
+    found = {
         **results,
         "seconds": seconds,
         "gain": report.gains(results["pretrained"], results["random"]),
         "report": text,
         "files": [out / "report.md", *figures],
     }
+    if init is not None:
+        found["gain_init"] = report.gains(results["pretrained"], results["init"])
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         help="protocols of plane detection and saliency; default both",
     )
     p.add_argument(
-        "--shards", help="shard folder or URL; default: the run's data.shards (or its phantom cache)"
+        "--shards",
+        help="shard folder or URL to evaluate on, e.g. a separate labelled set of evaluation scans "
+        "(its index may hold only some splits; pick them with eval.plane_splits / "
+        "eval.retrieval_split); default: the run's data.shards (or its phantom cache)",
     )
     p.add_argument(
         "--tracking-uri",
@@ -142,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for item in args.overrides:
             if not item.startswith(OVERRIDABLE):
-                raise ConfigError(f"override {item!r}: only eval.* and data.* can change at evaluation")
+                raise ConfigError(
+                    f"override {item!r}: only eval.*, data.* and model.{{video,image,audio}}_weights "
+                    "can change at evaluation"
+                )
         with tempfile.TemporaryDirectory() as tmp:
             enc, uri, run_id = _load(args, Path(tmp))
         enc.cfg = apply_overrides(enc.cfg, args.overrides)
@@ -182,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 **{f"downstream/{k}": v for k, v in result["pretrained"].items()},
                 **{f"downstream_random/{k}": v for k, v in result["random"].items()},
                 **{f"downstream_gain/{k}": v for k, v in result["gain"].items()},
-                # What each task cost, both encoder sets together.
+                **{f"downstream_init/{k}": v for k, v in result.get("init", {}).items()},
+                **{f"downstream_gain_init/{k}": v for k, v in result.get("gain_init", {}).items()},
+                # What each task cost, all encoder sets together.
                 **{f"downstream_time/{k}_s": sum(v.values()) for k, v in result["seconds"].items()},
             },
             0,

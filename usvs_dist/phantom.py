@@ -21,8 +21,9 @@ from usvs_dist.config.schema import PhantomConfig, RootConfig
 from usvs_dist.data import schema
 
 # The phantom holds no real identifiers; a fixed salt keeps its shards reproducible. Patient
-# splits follow from the salted hashes: this one gives the default phantom (8 scans, seed 0) one
-# patient in val and one in test, which periodic retrieval and held-out evaluation read.
+# splits follow from the salted hashes and phantom.split_fractions: this salt gives the default
+# phantom (12 scans, seed 0, shares 0.55/0.1/0.35) 5 patients in train, 1 in val (periodic
+# retrieval) and 6 in test (held-out plane detection needs eval.folds=5 scans there).
 PHANTOM_SALT = b"usvs-phantom-not-a-secret-8"
 PHANTOM_REVISION = 2
 """Part of the cache key: bumped when the phantom's bytes change (2: burned-in text, masking and
@@ -61,7 +62,12 @@ def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
         manifest,
         work / "shards",
         salt,
-        BuildOptions(clip_seconds=cfg.clip_seconds, fps=cfg.fps, size=cfg.size),
+        BuildOptions(
+            clip_seconds=cfg.clip_seconds,
+            fps=cfg.fps,
+            size=cfg.size,
+            split_fractions=tuple(cfg.split_fractions),
+        ),
         log=log,
     )
     # Publish atomically: a concurrent or interrupted build never leaves a half-made cache.

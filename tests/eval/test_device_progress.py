@@ -28,7 +28,14 @@ from usvs_dist.models.pretrain import encoder_state_dicts
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 TINY = ["model.width=4", "model.embed_dim=8", "data.frame_size=32"]
-FAST = ["eval.folds=2", "eval.finetune_steps=2", "eval.probe_iters=5", "eval.saliency_epochs=1"]
+# The test phantom has no test split (3 patients): these tests are about where evaluation runs.
+FAST = [
+    "eval.plane_splits=[train]",
+    "eval.folds=2",
+    "eval.finetune_steps=2",
+    "eval.probe_iters=5",
+    "eval.saliency_epochs=1",
+]
 
 
 @pytest.fixture
@@ -176,10 +183,20 @@ def test_report_has_a_wall_time_row_per_task():
         {"a/x": 0.5},
         "run",
         {},
-        {"planes": {"pretrained": 12.34, "random": 3.0}, "retrieval": {"pretrained": 0.5}},
+        seconds={"planes": {"pretrained": 12.34, "random": 3.0}, "retrieval": {"pretrained": 0.5}},
     )
-    assert "| planes | 12.3 s | 3.0 s |" in text and "| retrieval | 0.5 s | - |" in text
+    assert "| planes | 12.3 s | 3.0 s |" in text and "| retrieval | 0.5 s | — |" in text
     assert "wall time" not in report.markdown({"a/x": 1.0}, {"a/x": 0.5}, "run", {})
+    with_init = report.markdown(
+        {"a/x": 1.0},
+        {"a/x": 0.5},
+        "run",
+        {},
+        {"a/x": 0.7},
+        init_label="r18 init",
+        seconds={"planes": {"pretrained": 2.0, "random": 1.0, "init": 1.5}},
+    )
+    assert "wall time, r18 init |" in with_init and "| planes | 2.0 s | 1.0 s | 1.5 s |" in with_init
 
 
 def test_plane_detection_on_an_explicit_cpu_device_equals_the_default():

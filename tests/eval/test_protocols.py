@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -37,7 +38,18 @@ def test_folds_never_split_a_scan_and_cover_every_clip():
     assert len(folds) == 5 and sorted(i for f in folds for i in f) == list(range(40))
     for fold in folds:
         assert not {scans[i] for i in fold} & {scans[i] for f in folds if f is not fold for i in f}
-    assert len(scan_folds(scans[:6], 5, 0)) <= 5 and len(scan_folds(["a", "a", "b"], 5, 0)) == 2
+    assert len(scan_folds(scans[:6], 5, 0)) == 5 and len(scan_folds(["a", "a", "b"], 2, 0)) == 2
+
+
+def test_folds_refuse_fewer_scans_than_folds_naming_the_count_and_the_fixes():
+    # Shrinking k to the scan count would report 3-fold figures as 5-fold ones.
+    with pytest.raises(ValueError) as refused:
+        scan_folds(["a", "b", "b", "c"], 5, seed=0)
+    message = str(refused.value)
+    assert "3 scans" in message and "eval.folds=5" in message
+    assert "lower eval.folds" in message and "eval.max_clips" in message
+    with pytest.raises(ValueError, match="at least 2 scans, found 1"):
+        scan_folds(["a", "a"], 2, seed=0)
 
 
 def test_linear_probe_separates_separable_classes():

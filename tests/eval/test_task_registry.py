@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ def _registry(monkeypatch) -> list[tuple[str, str]]:
     """Replace TASKS with recording tasks on fake clips; returns the (task, encoders' source) runs."""
     runs: list[tuple[str, str]] = []
     clips = tasks.Clips("fake", lambda cfg: ["train"], False, False, lambda clips, cfg: "fake clips")
-    monkeypatch.setattr(tasks.Clips, "load", lambda self, cfg, location, max_clips: object())
+    monkeypatch.setattr(tasks.Clips, "load", lambda self, cfg, location, max_clips: SimpleNamespace(split=[]))
 
     def task(name: str, periodic: bool = True, heads: tuple[str, ...] = ()) -> tasks.Task:
         def run(enc, clips, protocols):

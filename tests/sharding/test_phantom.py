@@ -78,19 +78,23 @@ def test_speech_share_zero_gives_no_plane_narration():
 
 
 def test_the_default_phantoms_patients_fall_in_every_split():
-    """Periodic retrieval reads val and held-out evaluation test: the quickstart's phantom (its
-    salt, seed and scan count) must put a patient in each."""
-    from sharding.build import BuildOptions
+    """Periodic retrieval reads val and held-out evaluation test, by eval.folds folds of scans:
+    the quickstart's phantom (its salt, seed, scan count and split shares) must put a patient in
+    train and val, and eval.folds patients in test."""
+    from collections import Counter
+
     from sharding.deid import assign_split, hash_id
     from usvs_dist.config import load_config
     from usvs_dist.phantom import PHANTOM_SALT
 
-    phantom = load_config(None, []).phantom
-    splits = [
+    cfg = load_config(None, [])
+    phantom = cfg.phantom
+    splits = Counter(
         assign_split(
             hash_id(PHANTOM_SALT, "patient", f"phantom-patient-{phantom.seed}-{i:04d}"),
-            BuildOptions().split_fractions,
+            tuple(phantom.split_fractions),
         )
         for i in range(phantom.scans)
-    ]
-    assert {"train", "val", "test"} <= set(splits)
+    )
+    assert splits["train"] >= 5 and splits["val"] >= 1
+    assert cfg.eval.plane_splits == ["test"] and splits["test"] >= cfg.eval.folds

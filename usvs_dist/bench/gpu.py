@@ -75,10 +75,10 @@ BF16_DENSE_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"\bA10\b", 125.0),
 )
 
-BENCH_PHANTOM = {"scans": 24, "seconds": 40.0, "fps": 8.0, "size": 128}
+BENCH_PHANTOM = {"scans": 24, "seconds": 40.0, "fps": 8.0, "size": 128, "split_fractions": [0.8, 0.1, 0.1]}
 """phantom.* of the bench's shards: 24 scans x 20 two-second clips of 16 frames (the papers
-sample 14) at 128 px; 420 train clips (21 patients), so 6 loader workers x batch 32 get 2
-batches each an epoch."""
+sample 14) at 128 px; 420 train clips (21 patients: the bench trains, so most go to train), so 6
+loader workers x batch 32 get 2 batches each an epoch."""
 STEADY_AFTER = 3
 """Logged steps left out of a run's steady clips/s: start-up, cuDNN's first calls, DeepSpeed's."""
 ENCODER_WARMUP, ENCODER_ITERS = 5, 20
@@ -188,7 +188,12 @@ def bench_shards(phantom: PhantomConfig, workers: int, log=print) -> Path:
         manifest,
         work / "shards",
         work / "salt",
-        BuildOptions(clip_seconds=phantom.clip_seconds, fps=phantom.fps, size=phantom.size),
+        BuildOptions(
+            clip_seconds=phantom.clip_seconds,
+            fps=phantom.fps,
+            size=phantom.size,
+            split_fractions=tuple(phantom.split_fractions),
+        ),
         log=log,
         execution=Execution(workers=workers),
     )

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
-from usvs_format import SPLITS, ConfigError
+from usvs_format import ConfigError
 
 Split = Literal["train", "val", "test"]
 """A split of the shard format (usvs_format.SPLITS; a test keeps the two equal)."""
@@ -112,8 +112,12 @@ class PhantomConfig(Section):
 
     cache_dir: str = "~/.cache/usvs_dist"
     """Where phantom scans and shards are cached, keyed by the settings below."""
-    scans: int = 8
+    scans: int = 12
     """Number of phantom scans (one patient each)."""
+    split_fractions: list[float] = field(default_factory=lambda: [0.55, 0.1, 0.35])
+    """train/val/test shares of the phantom's patients (split by salted hash, as `sharding build
+    --split`). A large test share: the default 12 scans put 5 in train, 1 in val and 6 in test,
+    so held-out plane detection (eval.plane_splits: [test]) has its eval.folds=5 scans."""
     seconds: float = 30.0
     """Length of each phantom scan in seconds."""
     seed: int = 0
@@ -137,6 +141,13 @@ class PhantomConfig(Section):
             f">= 2 x {self.key('clip_seconds')} ({2 * self.clip_seconds})",
         )
         self.require(0.0 <= self.speech_share <= 1.0, "speech_share", "a fraction in [0, 1]")
+        self.require(
+            len(self.split_fractions) == 3
+            and all(f >= 0 for f in self.split_fractions)
+            and abs(sum(self.split_fractions) - 1.0) <= 1e-6,
+            "split_fractions",
+            "three shares (train, val, test) >= 0 summing to 1",
+        )
         self.require(self.clip_seconds > 0, "clip_seconds", "> 0")
         self.require(1.0 <= self.fps <= 60.0, "fps", "in [1, 60]")
         self.require(16 <= self.size <= 512, "size", "in [16, 512]")
@@ -516,15 +527,23 @@ class EvalConfig(Section):
     every: int = 0
     """Evaluate retrieval and a linear probe on a fixed subset every this many steps; 0: never."""
     subset: int = 64
-    """Clips of the periodic evaluation (fixed: the first ones of the splits, in shard order)."""
-    plane_splits: list[Split] = field(default_factory=lambda: list(SPLITS))
-    """Splits whose labelled clips form the cross-validation set of plane detection and saliency."""
+    """Clips of each periodic evaluation set (fixed for the run: a scan-stratified sample, as
+    eval.max_clips draws)."""
+    plane_splits: list[Split] = field(default_factory=lambda: ["test"])
+    """Splits whose labelled clips form the cross-validation set of plane detection and saliency
+    (default: the held-out test patients, never trained on; `evaluate --shards` can point at a
+    separate labelled shard set instead)."""
+    periodic_plane_splits: list[Split] = field(default_factory=lambda: ["train"])
+    """Splits of the plane probe during training (eval.every): the training split by default, so
+    the held-out scans of eval.plane_splits stay unseen until the final evaluation."""
     retrieval_split: Split = "val"
     """Split of the cross-modal retrieval metric."""
     max_clips: int = 2000
-    """Clips read per evaluation set at most (decoded clips are held in memory)."""
+    """Clips per evaluation set at most (decoded clips are held in memory). A set with more is
+    sampled: seeded by eval.seed, spread evenly over its scans and over each scan's length."""
     folds: int = 5
-    """k of the k-fold cross-validation by scan (the papers: 5)."""
+    """k of the k-fold cross-validation by scan (the papers: 5); the evaluated clips must come
+    from k scans at least."""
     probe_l2: float = 1e-3
     """L2 penalty of the linear probe (multinomial logistic regression, full-batch L-BFGS)."""
     probe_iters: int = 200
@@ -547,7 +566,7 @@ class EvalConfig(Section):
     batch_size: int = 16
     """Clips per forward pass in evaluation."""
     seed: int = 0
-    """Seed of folds, probes and the random-encoder baseline."""
+    """Seed of the clip sample, folds, probes and the random-encoder baseline."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where evaluation runs (bf16 autocast on CUDA). auto: for `python -m usvs_dist.evaluate`,
     CUDA when torch sees it, else the CPU; during training, the training process's device.
@@ -559,6 +578,8 @@ class EvalConfig(Section):
         self.require(self.subset >= 4, "subset", ">= 4")
         self.require(self.max_clips >= 4, "max_clips", ">= 4")
         self.require(self.folds >= 2, "folds", ">= 2")
+        self.require(len(self.plane_splits) >= 1, "plane_splits", "one split at least")
+        self.require(len(self.periodic_plane_splits) >= 1, "periodic_plane_splits", "one split at least")
         self.require(self.probe_l2 >= 0, "probe_l2", ">= 0")
         self.require(self.probe_iters >= 1, "probe_iters", ">= 1")
         self.require(self.finetune_steps >= 0, "finetune_steps", ">= 0 (0: skip fine-tuning)")

@@ -1,5 +1,6 @@
 """Trained encoders for evaluation, from a run's `encoders.pt` and resolved config, and the
-randomly initialised twins of the same architecture (the baseline every report subtracts).
+baselines of the same architecture: randomly initialised twins (every report subtracts them) and,
+where `model.*_weights` name local files, twins initialised from those (ImageNet, Kinetics, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from usvs_dist.config import RootConfig, load_config
 from usvs_dist.eval.device import module_device
 from usvs_dist.models import ENCODERS, build_encoder
 from usvs_dist.models.heads import ProjectionHead
+from usvs_dist.models.weights import load_encoder_weights
 
 ENCODERS_FILE = "encoders.pt"
 """In a checkpoint: plain state dicts `{modality}_encoder`, `{modality}_head`, ... (see models)."""
@@ -73,6 +75,45 @@ def random_twin(trained: Encoders) -> Encoders:
     encoders = {m: build_encoder(trained.cfg, m) for m in trained.encoders}
     heads = {m: ProjectionHead(encoders[m].out_features, trained.cfg.model.embed_dim) for m in trained.heads}
     return Encoders(trained.cfg, encoders, heads, "random init").eval()
+
+
+def weights_files(cfg: RootConfig, modalities: list[str]) -> dict[str, str]:
+    """{modality: model.{modality}_weights} of `modalities` whose setting names a file."""
+    return {m: getattr(cfg.model, f"{m}_weights") for m in modalities if getattr(cfg.model, f"{m}_weights")}
+
+
+def weights_label(files: dict[str, str]) -> str:
+    """The weights-init baseline's name: its files' stems (no folder: paths stay out of reports)."""
+    return " + ".join(dict.fromkeys(Path(f).stem for f in files.values()))
+
+
+def weights_twin(trained: Encoders) -> Encoders | None:
+    """Encoders of the same architecture loaded from the `model.{modality}_weights` files, for the
+    modalities of `trained` that have one (the others are left out); None when none has.
+
+    Projection heads, which such files do not hold, are random as in `random_twin` (seeded by
+    eval.seed), for the modalities loaded that `trained` has heads for.
+    """
+    files = weights_files(trained.cfg, list(trained.encoders))
+    if not files:
+        return None
+    torch.manual_seed(trained.cfg.eval.seed)
+    encoders = {}
+    for m, path in files.items():
+        encoders[m] = build_encoder(trained.cfg, m)
+        try:
+            load_encoder_weights(encoders[m], path, m)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"{exc}; for the weights-init baseline, point model.{m}_weights at the file on this "
+                f"machine, or set model.{m}_weights='' to leave that baseline out"
+            ) from exc
+    heads = {
+        m: ProjectionHead(encoders[m].out_features, trained.cfg.model.embed_dim)
+        for m in trained.heads
+        if m in encoders
+    }
+    return Encoders(trained.cfg, encoders, heads, f"{weights_label(files)} init").eval()
 
 
 def from_checkpoint(path: str | Path, config: str | Path | None = None) -> Encoders:

@@ -23,12 +23,19 @@ from usvs_dist.eval.progress import progress
 
 
 def scan_folds(scans: list[str], k: int, seed: int) -> list[list[int]]:
-    """Rows of each test fold: scans shuffled by seed and dealt round-robin (no scan in two folds)."""
+    """Rows of each of the k test folds: scans shuffled by seed and dealt round-robin (no scan in
+    two folds); a ValueError when there are fewer than k scans (or fewer than 2)."""
     distinct = sorted(set(scans))
     if len(distinct) < 2:
         raise ValueError(f"cross-validation by scan needs at least 2 scans, found {len(distinct)}")
+    if len(distinct) < k:
+        # Shrinking k here would report, say, 2-fold figures as eval.folds-fold ones.
+        raise ValueError(
+            f"cross-validation by scan: the evaluated clips come from {len(distinct)} scans, fewer "
+            f"than eval.folds={k}; lower eval.folds, or evaluate more scans (raise eval.max_clips, "
+            "add splits to eval.plane_splits, or pass --shards with more labelled scans)"
+        )
     random.Random(seed).shuffle(distinct)
-    k = min(k, len(distinct))
     fold_of = {scan: n % k for n, scan in enumerate(distinct)}
     return [[i for i, s in enumerate(scans) if fold_of[s] == f] for f in range(k)]
 

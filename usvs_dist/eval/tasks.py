@@ -117,30 +117,59 @@ class Clips:
     """Its tasks need plane labels from two scans at least (folds are by scan)."""
     describe: Callable[[ClipSet, RootConfig], str]
     """Its line in the report: what was loaded."""
+    setting: str = ""
+    """The config key that picks its splits (named when they hold no clip)."""
 
     def load(self, cfg: RootConfig, location: str | Path, max_clips: int) -> ClipSet:
-        """The first `max_clips` clips of its splits."""
-        return load_clips(cfg.data, location, self.splits(cfg), max_clips, audio=self.audio)
+        """Its splits' clips: all, or a scan-stratified sample of `max_clips` (seeded by eval.seed)."""
+        try:
+            return load_clips(
+                cfg.data, location, self.splits(cfg), max_clips, audio=self.audio, seed=cfg.eval.seed
+            )
+        except ValueError as exc:
+            raise ValueError(f"{self.label} ({self.setting or 'splits'}): {exc}") from exc
+
+
+def _sampled(clips: ClipSet, cfg: RootConfig, max_clips: int) -> str:
+    """How the set was chosen, when it was sampled down."""
+    if clips.available <= max_clips:
+        return ""
+    return f", a scan-stratified sample (eval.seed={cfg.eval.seed}) of their {clips.available} clips"
 
 
 def _describe_planes(clips: ClipSet, cfg: RootConfig) -> str:
     classes = clips.vocabulary.classes
-    counts = torch.bincount(clips.image_label[clips.image_label >= 0], minlength=len(classes)).tolist()
     return (
-        f"{len(clips)} clips of {len(set(clips.scan))} scans ({', '.join(cfg.eval.plane_splits)}), "
+        f"{len(clips)} clips of {len(set(clips.scan))} scans ({', '.join(cfg.eval.plane_splits)}"
+        f"{_sampled(clips, cfg, cfg.eval.max_clips)}), "
         f"{cfg.eval.folds}-fold cross-validation by scan; {len(classes)} classes (clips): "
-        + ", ".join(f"{name} ({n})" for name, n in zip(classes, counts, strict=True))
+        + ", ".join(f"{name} ({n})" for name, n in zip(classes, clips.class_counts(), strict=True))
     )
 
 
 def _describe_narrated(clips: ClipSet, cfg: RootConfig) -> str:
-    return f"{len(clips)} clips with narration of the {cfg.eval.retrieval_split} split"
+    return (
+        f"{len(clips)} clips with narration of {len(set(clips.scan))} scans of the "
+        f"{cfg.eval.retrieval_split} split{_sampled(clips, cfg, cfg.eval.max_clips)}"
+    )
 
 
 LABELLED_CLIPS = Clips(
-    "planes/saliency", lambda cfg: list(cfg.eval.plane_splits), False, True, _describe_planes
+    "planes/saliency",
+    lambda cfg: list(cfg.eval.plane_splits),
+    False,
+    True,
+    _describe_planes,
+    "eval.plane_splits",
 )
-NARRATED_CLIPS = Clips("retrieval", lambda cfg: [cfg.eval.retrieval_split], True, False, _describe_narrated)
+NARRATED_CLIPS = Clips(
+    "retrieval",
+    lambda cfg: [cfg.eval.retrieval_split],
+    True,
+    False,
+    _describe_narrated,
+    "eval.retrieval_split",
+)
 
 
 Run = Callable[[Encoders, ClipSet, tuple[str, ...]], tuple[dict[str, float], Any]]
@@ -163,10 +192,17 @@ class Task:
     """Figures of the pretrained encoders' run (the entry writes them; training does not)."""
     periodic: bool = True
     """Also run every eval.every training steps, on eval.subset clips (linear protocol only)."""
+    needs: Callable[[RootConfig], tuple[str, ...]] | None = None
+    """Encoders it needs, all of them, as the config picks them (saliency: eval.saliency_encoder)."""
 
     def runs_on(self, enc: Encoders) -> bool:
         """Whether `enc` has the encoders and heads the task needs."""
-        return bool(set(self.encoders) & set(enc.encoders)) and set(self.heads) <= set(enc.heads)
+        needed = set(self.needs(enc.cfg)) if self.needs is not None else set()
+        return (
+            bool(set(self.encoders) & set(enc.encoders))
+            and needed <= set(enc.encoders)
+            and set(self.heads) <= set(enc.heads)
+        )
 
 
 def _planes_figures(confusions: dict, clips: ClipSet, out: Path) -> list[Path]:
@@ -204,6 +240,7 @@ TASKS: dict[str, Task] = {
         ("video", "image"),
         figures=_saliency_figures,
         periodic=False,
+        needs=lambda cfg: (cfg.eval.saliency_encoder,),
     ),
     "retrieval": Task(
         _retrieval,

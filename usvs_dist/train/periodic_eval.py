@@ -5,10 +5,14 @@ logged to the training run as eval/*, with eval/seconds, what the call cost.
 It runs where the model is (eval.device auto), with the same task functions and device handling
 as `python -m usvs_dist.evaluate`; with eval.device cpu or cuda elsewhere than the model, on a
 plain copy of the encoders and heads made there for the call.
+
+The plane probe reads eval.periodic_plane_splits (default: train), not eval.plane_splits: the
+held-out scans the final evaluation scores stay unseen while checkpoints are being chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -35,15 +39,29 @@ class PeriodicEval:
         """Where to evaluate; None: where the model is."""
         self.clips: dict[str, ClipSet] = {}
         """Subset by Clips.label; a set that could not be loaded (or used) is left out."""
+        # The labelled subset's splits: eval.periodic_plane_splits in the place of plane_splits.
+        periodic = dataclasses.replace(
+            cfg, eval=dataclasses.replace(cfg.eval, plane_splits=list(cfg.eval.periodic_plane_splits))
+        )
         for source in {task.clips.label: task.clips for task in self.tasks.values()}.values():
             try:
-                clips = source.load(cfg, shards, cfg.eval.subset)
+                clips = source.load(periodic, shards, cfg.eval.subset)
             except ValueError as exc:
                 log.warning("periodic evaluation: no %s subset (%s)", source.label, exc)
                 continue
-            if source.labelled and ((clips.image_label < 0).all() or len(set(clips.scan)) < 2):
-                log.warning("periodic evaluation: the %s subset has no labels or one scan", source.label)
-                continue
+            if source.labelled:
+                labelled = clips.image_label >= 0
+                scans = len({s for s, ok in zip(clips.scan, labelled.tolist(), strict=True) if ok})
+                if scans < max(2, cfg.eval.folds):
+                    log.warning(
+                        "periodic evaluation: the %s subset has labelled clips of %d scans, fewer than "
+                        "eval.folds=%d; left out (raise eval.subset, widen eval.periodic_plane_splits "
+                        "or lower eval.folds)",
+                        source.label,
+                        scans,
+                        cfg.eval.folds,
+                    )
+                    continue
             self.clips[source.label] = clips
 
     def _encoders(self, model) -> Encoders:
