@@ -4,7 +4,6 @@ shards split by node, and the training entry placed one worker per node."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from tests.cluster.probe import TAU, global_batch
-from tests.train.runner import REPO, TINY, client_for
+from tests.train.runner import REPO, TINY, client_for, cluster_env
 from usvs_dist.dist.collectives import free_port
 from usvs_dist.losses import info_nce
 
@@ -29,9 +28,7 @@ def _run(cmd: list[str], env: dict, cwd: Path | None = None) -> subprocess.Compl
 @pytest.fixture
 def two_nodes(tmp_path):
     """`ray start --head` (resource node_a) and a second `ray start --address` (node_b); stopped after."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's default, kept on
+    env = cluster_env(tmp_path)  # token auth on, as Ray 2.60's default
     env["PYTHONPATH"] = str(REPO)
     port = free_port()
     try:

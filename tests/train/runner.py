@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,6 +27,21 @@ def entry_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
         env.pop(var, None)
+    return env
+
+
+def cluster_env(workdir: Path) -> dict[str, str]:
+    """Environment for `ray start` and its clients with token auth on, as the README sets it up:
+    RAY_AUTH_MODE=token and a fresh token in a file of `workdir` (`ray start` creates none, and
+    with the mode set and no token it refuses to start; the user's ~/.ray stays untouched)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    # The job's python is the one on the PATH of the process that ran `ray start`.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    token = workdir / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    env.pop("RAY_AUTH_TOKEN", None)
     return env
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sharding.build import BuildOptions, build
-from tests.train.runner import REPO, TINY, client_for
+from tests.train.runner import REPO, TINY, client_for, cluster_env
 from usvs_dist.dist.collectives import free_port
 
 
@@ -21,10 +20,7 @@ from usvs_dist.dist.collectives import free_port
 def test_ray_job_submit_runs_the_sharding_and_training_entries(
     phantom_raw, salt_file, phantom_shards, tmp_path
 ):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    # The job's python is the one on the PATH of the process that ran `ray start`.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_AUTH_MODE"] = "token"
+    env = cluster_env(tmp_path)
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     dashboard = free_port()
     work = tmp_path / "src"
