@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from pathlib import PurePosixPath
+from urllib.parse import urlparse
 
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -24,7 +26,8 @@ def shard_set_input(source: str, index_sha256: str, split: str, clips: int) -> D
     index.json's sha256 (first 36 hex characters; the full one is in the profile), source =
     `source` redacted (MLflow resolves its type: local, s3, gs, http, ...)."""
     source = redact(source)
-    name = source.rstrip("/").rsplit("/", 1)[-1] or "shards"
+    parsed = urlparse(source)
+    name = PurePosixPath(parsed.path.rstrip("/")).name or parsed.netloc or "shards"
     with warnings.catch_warnings():  # MLflow warns when two source types could read a URL
         warnings.simplefilter("ignore")
         resolved = resolve_dataset_source(source)
