@@ -206,7 +206,7 @@ def _prepare_out(out: Path, fingerprint: str, overwrite: bool, log) -> Resumed:
     old = sorted(p for s in schema.SPLITS for p in out.glob(f"{s}-*.tar"))
     index = out / schema.INDEX_NAME
     if overwrite:
-        for path in [*old, index, journal]:
+        for path in [*old, index, journal, *(out / wids_name(s) for s in schema.SPLITS)]:
             path.unlink(missing_ok=True)
         return Resumed({}, {})
     header, entries = Journal.read(journal)
@@ -354,9 +354,40 @@ def build(
 
     shards = sorted(kept + [s for w in writers.values() for s in w.finished], key=lambda s: s["name"])
     index = _index(opts, shards, [records[p] for p in sorted(records)])
-    write_atomic(out / schema.INDEX_NAME, json.dumps(index, indent=2))
+    text = json.dumps(index, indent=2)
+    for split, wids in wids_indexes(index, hashlib.sha256(text.encode()).hexdigest()).items():
+        write_atomic(out / wids_name(split), json.dumps(wids, indent=2))
+    write_atomic(out / schema.INDEX_NAME, text)
     (out / JOURNAL_NAME).unlink()
     return index
+
+
+def wids_name(split: str) -> str:
+    """File name of a split's wids shard index, beside index.json."""
+    return f"{split}.wids.json"
+
+
+def wids_indexes(index: dict, index_sha256: str) -> dict[str, dict]:
+    """Per split with shards, a wids shard index (webdataset's indexed reader, `wids`) of its shards.
+
+    Format `wids-shard-index-v1`: `shardlist` of {url, nsamples} (one sample per clip), urls
+    relative to the file (wids resolves them against the folder it read the file from), so the
+    folder can be copied or uploaded as it is. `name`, which wids uses for its cache folder, is
+    the split and index.json's sha256 prefix: another build never shares a cache entry.
+    """
+    out = {}
+    for split in schema.SPLITS:
+        shards = [s for s in index["shards"] if s["split"] == split]
+        if shards:  # wids refuses an empty shardlist
+            out[split] = {
+                "__kind__": "wids-shard-index-v1",
+                "wids_version": 1,
+                "name": f"{split}-{index_sha256[:16]}",
+                "shardlist": [
+                    {"url": s["name"], "nsamples": s["clips"], "filesize": s["bytes"]} for s in shards
+                ],
+            }
+    return out
 
 
 def _size(path: Path) -> int:

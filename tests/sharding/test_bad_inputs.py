@@ -156,7 +156,7 @@ def test_every_kind_of_bad_scan_is_skipped_and_reported(tmp_path, salt_file, cap
     assert totals["clips_without_narration"] == 2 and totals["scans_without_narration"] == 1
     assert str(raw) not in json.dumps(index) and "nope" not in json.dumps(index)
     assert str(raw) not in err and "truncated.mp4" not in err  # logs travel: no paths by default
-    assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar", "train.wids.json"]
 
     assert shard_main(["inspect", str(out)]) == 0  # failed scans do not make the shards bad
     shown = capsys.readouterr().out

@@ -375,7 +375,7 @@ def test_bad_dicoms_are_failed_scans_and_the_others_are_sharded(tmp_path, salt_f
     assert_rows_reported(index, err, cases)
     assert index["totals"]["scans"] == 3 and index["totals"]["clips"] == 6  # 2 s each
     assert index["totals"]["clips_without_narration"] == 2  # the video-only DICOM
-    assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == [schema.INDEX_NAME, "train-000000.tar", "train.wids.json"]
     assert str(raw) not in json.dumps(index) and str(raw) not in err
 
 

@@ -38,6 +38,27 @@ def is_remote(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+EXTRAS = {"s3": "s3", "s3a": "s3"}
+"""URL schemes whose fsspec backend one of this package's extras installs (pyproject.toml)."""
+
+
+def open_url(url: str, mode: str = "rb"):
+    """fsspec.open(url, mode), with a missing backend (s3fs for s3://) named by the install command.
+
+    Storage options come from fsspec's usual places: the backend's own environment variables
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... for s3fs) or FSSPEC_<PROTOCOL>_<OPTION> variables.
+    """
+    try:
+        return fsspec.open(url, mode)
+    except ImportError as exc:
+        scheme = url.split("://", 1)[0]
+        extra = EXTRAS.get(scheme)
+        how = f'pip install -e ".[{extra}]"' if extra else str(exc).splitlines()[0]
+        raise ImportError(
+            f"reading {scheme}:// URLs needs an fsspec backend that is not installed: {how}"
+        ) from exc
+
+
 def load_index(location: str | Path) -> dict:
     """index.json of a local shard folder or of a URL prefix (fsspec)."""
     location = str(location)
@@ -45,7 +66,7 @@ def load_index(location: str | Path) -> dict:
         return schema.read_index(location.removeprefix("file://"))
     url = f"{location.rstrip('/')}/{schema.INDEX_NAME}"
     try:
-        with fsspec.open(url, "rt") as f:
+        with open_url(url, "rt") as f:
             text = f.read()
     except FileNotFoundError as exc:
         raise FileNotFoundError(
@@ -58,7 +79,7 @@ def index_sha256(location: str | Path) -> str:
     """sha256 of the index.json bytes at a shard location (the run's data fingerprint)."""
     location = str(location)
     url = f"{location.rstrip('/')}/{schema.INDEX_NAME}"
-    with fsspec.open(
+    with open_url(
         url if is_remote(location) else str(Path(location.removeprefix("file://")) / schema.INDEX_NAME), "rb"
     ) as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -148,4 +169,4 @@ def open_shard(url: str) -> IO[bytes]:
     """A byte stream of one shard: webdataset's gopen for local paths and `pipe:`, fsspec otherwise."""
     if url.startswith("pipe:") or not is_remote(url):
         return wds.gopen(url)
-    return fsspec.open(url, "rb").open()
+    return open_url(url, "rb").open()

@@ -7,6 +7,7 @@ run rather than a new one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -21,6 +22,8 @@ from usvs_dist.config import redact
 log = logging.getLogger(__name__)
 
 RUN_NAME_TAG = "usvs.run_name"
+RUN_KEY_TAG = "usvs.run_name_sha256"
+"""A quote-free stand-in for the run name in search filters (names may hold both quote kinds)."""
 MAX_PARAM_CHARS = 6000
 BATCH = 100
 
@@ -45,6 +48,24 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_name_filter(run_name: str) -> str:
+    """An MLflow search filter matching the run named `run_name`, whatever quotes it holds.
+
+    MLflow's filter grammar has no escape inside a quoted value, so the value is quoted with the
+    quote kind it lacks; a name holding both is matched by its sha256 tag instead (such names
+    could not be searched before that tag existed, so no older run lacks it).
+    """
+    if "'" not in run_name:
+        return f"tags.`{RUN_NAME_TAG}` = '{run_name}'"
+    if '"' not in run_name:
+        return f'tags.`{RUN_NAME_TAG}` = "{run_name}"'
+    return f"tags.`{RUN_KEY_TAG}` = '{_sha256(run_name)}'"
+
+
 def open_run(
     uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None
 ) -> str:
@@ -56,12 +77,16 @@ def open_run(
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, _artifact_root(uri))
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    found = client.search_runs([exp_id], filter_string=run_name_filter(run_name), max_results=1)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run_id
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **redact(tags or {})})
+    run = client.create_run(
+        exp_id,
+        run_name=run_name,
+        tags={RUN_NAME_TAG: run_name, RUN_KEY_TAG: _sha256(run_name), **redact(tags or {})},
+    )
     items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(redact(params).items())]
     for i in range(0, len(items), BATCH):
         client.log_batch(run.info.run_id, params=items[i : i + BATCH])

@@ -26,6 +26,8 @@ from usvs_dist.losses import Requirements, check_objective
 from usvs_dist.models import check_names, modalities_for
 from usvs_dist.models.outputs import model_inputs
 from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
+from usvs_dist.tracking.datasets import log_shard_set
+from usvs_dist.tracking.fallback import reachable_uri
 from usvs_dist.train.loop import train_loop_per_worker
 from usvs_dist.train.resume import latest_complete_checkpoint
 from usvs_dist.train.step import reads_narration
@@ -49,6 +51,7 @@ def check_config(cfg: RootConfig) -> Requirements:
 
     Raises ConfigError naming the key.
     """
+    check_run_name(cfg)
     needs = check_objective(cfg.objective)
     check_names(cfg.model, modalities_for(needs.outputs))
     pretext = cfg.objective.pretext
@@ -58,6 +61,31 @@ def check_config(cfg: RootConfig) -> Requirements:
             f"cuts clips into {pretext.key('subclips')}={pretext.subclips} sub-clips of at least one frame"
         )
     return needs
+
+
+def check_run_name(cfg: RootConfig) -> None:
+    """train.run_name names the run's Ray storage folder and its MLflow run: one path component.
+
+    Quotes and spaces are fine (the MLflow lookup quotes them); path separators, control
+    characters, '.'/'..' and names longer than MLflow's 250-character run names are not.
+    """
+    name = cfg.train.run_name
+    if not name:
+        return  # generated
+    bad = (
+        "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(name) > 250
+        or name != name.strip()
+    )
+    if bad:
+        raise ConfigError(
+            f"config key {cfg.train.key('run_name')}={name[:80]!r} is invalid: expected one folder name "
+            "(no '/' or '\\', no control characters, no leading or trailing spaces, not '.' or '..', "
+            "at most 250 characters)"
+        )
 
 
 def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: str) -> None:
@@ -134,6 +162,33 @@ def _warn_about_job_working_dir(cfg: RootConfig) -> None:
         )
 
 
+def read_shard_index(cfg: RootConfig, shards: str) -> tuple[str, dict]:
+    """(absolute folder or URL, index.json) of the run's shards; one-line ConfigError naming
+    data.shards, its value as given and what was expected when the location cannot be read."""
+    given = f"config key {cfg.data.key('shards')}={redact(cfg.data.shards or shards)!r}"
+    if not is_remote(shards):
+        shards = str(Path(shards.removeprefix("file://")).expanduser().resolve())
+    try:
+        return shards, load_index(shards)
+    except ImportError as exc:  # an fsspec backend missing (s3fs for s3://)
+        raise ConfigError(f"{given}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{given}: no index.json there (expected a folder or URL prefix written by `sharding build`)"
+        ) from exc
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # unknown protocol, refused connection, bad JSON, ...
+        reason = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        # parse_index names the file it read; the key and value the user gave say that already.
+        for source in (f"{shards.rstrip('/')}/{schema.INDEX_NAME}", str(Path(shards) / schema.INDEX_NAME)):
+            reason = reason.removeprefix(f"{redact(source)}: ")
+        raise ConfigError(
+            f"{given}: cannot read its index.json ({reason}; expected a folder or URL prefix written "
+            "by `sharding build`)"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class CheckedData:
     """The run's shards, checked against its recipe before Ray starts."""
@@ -142,6 +197,8 @@ class CheckedData:
     """Absolute shard folder or URL."""
     left_out: int
     """Clips of the split without narration, which a recipe reading it leaves out."""
+    clips: int = 0
+    """Clips of the split (of the listed shards, with data.shard_urls) the epoch plan counts."""
 
 
 def check_data(cfg: RootConfig, shards: str | Path, log_fn=print) -> CheckedData:
@@ -158,8 +215,7 @@ def check_data(cfg: RootConfig, shards: str | Path, log_fn=print) -> CheckedData
             f"config key {cfg.data.key('shards')} is empty: give a shard folder or URL "
             "(the entries, e.g. `python -m usvs_dist.train`, build the phantom shards for an empty one)"
         )
-    shards = str(shards) if is_remote(str(shards)) else str(Path(shards).resolve())
-    index = load_index(shards)
+    shards, index = read_shard_index(cfg, str(shards))
     check_labels(needs, index, shards, cfg.objective.recipe)
     listed = (
         {s.name for s in split_shards(shards, index, cfg.data.split, list(cfg.data.shard_urls))}
@@ -181,7 +237,7 @@ def check_data(cfg: RootConfig, shards: str | Path, log_fn=print) -> CheckedData
         f"epoch: {plan.batches_per_rank} batches per rank from {len(loader.shards)} shards; "
         f"{plan.unused_clips} of {plan.total_clips} clips left out by the balance (others each epoch)"
     )
-    return CheckedData(shards, left_out)
+    return CheckedData(shards, left_out, plan.total_clips)
 
 
 def run(
@@ -203,14 +259,18 @@ def run(
     shards, left_out = data.shards, data.left_out
 
     run_name = cfg.train.run_name or f"usvs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    uri = resolve_uri(cfg.tracking.uri)
+    # An unreachable server is a warning within seconds; the run then logs to a local store.
+    uri = reachable_uri(resolve_uri(cfg.tracking.uri), log_fn=log_fn)
+    index_sha = index_sha256(shards)
     tags = {
         "recipe": cfg.objective.recipe,
-        "shard_index_sha256": index_sha256(shards),
+        "shard_index_sha256": index_sha,
         "git_commit": _git_commit(),
+        **git_source_tags(),
         **(tags or {}),
     }
     run_id, driver_tracker = open_tracking(cfg, uri, run_name, tags)
+    log_shard_set(uri, run_id, cfg.data.shards or shards, index_sha, cfg.data.split, data.clips)
     # How much of the split the recipe can use, beside the run's other data facts.
     driver_tracker.log_metrics({"data/clips_without_narration_left_out": left_out}, 0)
     log_fn(f"run {run_name}: MLflow run {run_id} at {redact(uri)}")
@@ -279,6 +339,23 @@ def open_tracking(cfg: RootConfig, uri: str, run_name: str, tags: dict) -> tuple
     tracker.log_text(to_yaml(redacted(cfg)), "config/resolved.yaml")
     tracker.log_text(json.dumps(redact(deepspeed_config(cfg)), indent=2), "config/deepspeed.json")
     return run_id, tracker
+
+
+def git_source_tags() -> dict[str, str]:
+    """`mlflow.source.git.commit` (the full hash of HEAD, which the MLflow UI shows and links),
+    or nothing outside a git checkout; `git_commit` keeps the -dirty mark."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    commit = out.stdout.strip()
+    return {"mlflow.source.git.commit": commit} if out.returncode == 0 and commit else {}
 
 
 def _git_commit() -> str:
