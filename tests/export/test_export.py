@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,7 +178,7 @@ def test_end_of_training_logs_and_registers_the_video_encoder_as_an_mlflow_model
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
-    from usvs_dist.tracking import open_run
+    from usvs_dist.tracking import MlflowTracker, open_run
     from usvs_dist.train.model_log import log_trained_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -195,6 +197,17 @@ def test_end_of_training_logs_and_registers_the_video_encoder_as_an_mlflow_model
         with torch.no_grad():
             torch.testing.assert_close(model(x), enc.encoders["video"](x), rtol=0, atol=0)
     info = mlflow.models.get_model_info(model_uri)
+    # The run's own artifacts (as training logs them) load by run id, with or without runs:/.
+    tracker = MlflowTracker(uri, run_id)
+    tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
+    tracker.log_artifact(ckpt / "encoders.pt", "encoders")
+    for source in (f"runs:/{run_id}", run_id):
+        module, prep = usvs_dist.load_encoder(source, "video")  # MLFLOW_TRACKING_URI: the store
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), enc.encoders["video"](x), rtol=0, atol=0)
+        assert prep["shape"] == [None, 1, 8, 64, 64]
+    assert export_main(["--run", run_id, "--out", str(tmp_path / "from_run")]) == 0
+    assert (tmp_path / "from_run" / "audio_encoder.safetensors").is_file()
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 8, 64, 64)
     assert info.metadata["modality"] == "video"
     # Without register_as nothing more is registered; a broken store is a warning, not an error.
@@ -202,3 +215,12 @@ def test_end_of_training_logs_and_registers_the_video_encoder_as_an_mlflow_model
     assert log_trained_model(cfg2, ckpt, uri, run_id) is not None
     assert len(MlflowClient(uri).search_model_versions("name='usvs-video'")) == 1
     assert log_trained_model(cfg2, tmp_path / "nowhere", uri, run_id) is None
+
+
+def test_import_usvs_dist_stays_light_and_load_encoder_is_lazy():
+    code = (
+        "import sys, usvs_dist; assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert callable(usvs_dist.load_encoder) and 'torch' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
