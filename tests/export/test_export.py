@@ -222,5 +222,6 @@ def test_import_usvs_dist_stays_light_and_load_encoder_is_lazy():
         "import sys, usvs_dist; assert 'torch' not in sys.modules, 'torch imported'; "
         "assert callable(usvs_dist.load_encoder) and 'torch' in sys.modules"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
