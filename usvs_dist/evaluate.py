@@ -18,7 +18,6 @@ too), 1 when a task cannot run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -31,15 +30,8 @@ from usvs_dist.config import ConfigError, apply_overrides, redact
 from usvs_dist.eval import progress, report, tasks
 from usvs_dist.eval.clips import ClipSet
 from usvs_dist.eval.device import DEVICES, resolve_device
-from usvs_dist.eval.encoders import (
-    RUN_FILE,
-    Encoders,
-    build_encoders,
-    from_checkpoint,
-    random_twin,
-    weights_files,
-    weights_twin,
-)
+from usvs_dist.eval.encoders import Encoders, random_twin, weights_files, weights_twin
+from usvs_dist.trained import DEFAULT_TRACKING_URI, load_trained
 
 log = logging.getLogger("usvs_dist.evaluate")
 
@@ -51,23 +43,10 @@ model.*_weights only name the files of the weights-init baseline."""
 
 def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
     """(encoders, MLflow tracking URI, run id) from --run or --checkpoint."""
-
-    from usvs_dist.config import load_config
-    from usvs_dist.tracking import download_run_files, resolve_uri
-
-    if args.run:
-        uri = resolve_uri(args.tracking_uri)
-        config, encoders = download_run_files(
-            uri, args.run, ["config/resolved.yaml", "encoders/encoders.pt"], tmp
-        )
-        state = torch.load(encoders, map_location="cpu", weights_only=True)
-        return build_encoders(load_config(config), state, f"MLflow run {args.run}"), uri, args.run
-    enc = from_checkpoint(args.checkpoint, args.config)
-    run_file = Path(enc.source).parent / RUN_FILE
-    if run_file.is_file():
-        run = json.loads(run_file.read_text())
-        return enc, run["tracking_uri"], run["mlflow_run_id"]
-    return enc, None, None
+    trained = load_trained(
+        args.run, args.checkpoint, config=args.config, tracking_uri=args.tracking_uri, dest=tmp
+    )
+    return trained.encoders, trained.tracking_uri, trained.run_id
 
 
 def _baselines(enc: Encoders, init: Encoders | None) -> list[str]:
@@ -181,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--tracking-uri",
-        default="sqlite:///mlruns.db",
+        default=DEFAULT_TRACKING_URI,
         help="MLflow store of --run (MLFLOW_TRACKING_URI wins)",
     )
     p.add_argument("--out", default="eval_out", help="folder for report.md and figures")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mlflow.pytorch
 import pytest
 import torch
 
@@ -10,12 +11,13 @@ from usvs_dist.config import flatten, load_config
 
 
 @pytest.mark.slow
-def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp_path):
+def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp_path, monkeypatch):
     overrides = [
         "train.steps=6",
         "train.checkpoint_every=3",
         "train.num_workers=2",
         "train.run_name=e2e-test",
+        "tracking.register_as=e2e-video",
     ]
     run = train(tmp_path, phantom_shards, *overrides)
 
@@ -51,3 +53,10 @@ def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp
     assert artifacts == {"config/resolved.yaml", "config/deepspeed.json"}
     assert [a.path for a in client.list_artifacts(run_id, "encoders")] == ["encoders/encoders.pt"]
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/loss.png"]
+    # The video encoder as an MLflow model of the run, registered under tracking.register_as.
+    (version,) = client.search_model_versions("name='e2e-video'")
+    assert version.run_id == run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    model = mlflow.pytorch.load_model(f"models:/e2e-video/{version.version}")
+    clips = torch.rand(2, 1, cfg.data.num_frames, cfg.data.frame_size, cfg.data.frame_size)
+    assert model(clips).shape == (2, model.out_features)

@@ -512,6 +512,9 @@ class TrackingConfig(Section):
     """Log CPU/memory (and GPU with nvidia-ml-py) from rank 0's node into the run."""
     system_metrics_interval: float = 10.0
     """Seconds between system-metric samples."""
+    register_as: str = ""
+    """Registered-model name: the end of training registers the logged encoder model (the video
+    encoder, else the first one trained) as a new version of it; empty: logged, not registered."""
 
     def check(self) -> None:
         """Tracking URI, experiment and the system-metric interval."""

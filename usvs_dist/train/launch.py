@@ -29,6 +29,7 @@ from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run,
 from usvs_dist.tracking.datasets import log_shard_set
 from usvs_dist.tracking.fallback import reachable_uri
 from usvs_dist.train.loop import train_loop_per_worker
+from usvs_dist.train.model_log import log_trained_model
 from usvs_dist.train.resume import latest_complete_checkpoint
 from usvs_dist.train.step import reads_narration
 
@@ -316,6 +317,7 @@ def run(
         raise RuntimeError(f"run {run_name} ended without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         driver_tracker.log_artifact(Path(folder) / ENCODERS_FILE, "encoders")
+        log_trained_model(cfg, folder, uri, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             plot = loss_curves(uri, run_id, Path(tmp) / "loss.png")
