@@ -88,7 +88,7 @@ PAPER_CONFIGS = ("usvs2020", "dual2024", "isbi2020", "awcl2022")
 
 @pytest.mark.parametrize("recipe", PAPER_CONFIGS)
 def test_paper_configs_hold_the_papers_settings(recipe):
-    from usvs_dist.train.launch import check_config
+    from usvs_dist.train.preflight import check_config
 
     cfg = load_config(REPO / "configs" / f"{recipe}.yaml")
     check_config(cfg)

@@ -1,10 +1,12 @@
-"""The driver: validate, check the shards the entry resolved, open the MLflow run, fit a TorchTrainer."""
+"""The driver: validate, check the shards the entry resolved, open the MLflow run, fit a TorchTrainer.
+
+The checks before Ray starts live in train.preflight (Ray-free, shared with `--dry-run`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import subprocess
 import tempfile
@@ -16,19 +18,14 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from usvs_dist.config import ConfigError, RootConfig, flatten, redact, redacted, to_dict, to_yaml
-from usvs_dist.data import schema
-from usvs_dist.data.pipeline import EpochLoader
-from usvs_dist.data.shards import index_sha256, is_remote, load_index, split_shards
+from usvs_dist.config import RootConfig, flatten, redact, redacted, to_dict, to_yaml
+from usvs_dist.data.shards import index_sha256
 from usvs_dist.dist.engine import deepspeed_config
 from usvs_dist.eval.encoders import ENCODERS_FILE
-from usvs_dist.losses import Requirements, check_objective
-from usvs_dist.models import check_names, modalities_for
-from usvs_dist.models.outputs import model_inputs
 from usvs_dist.tracking import MlflowTracker, finish_run, loss_curves, open_run, resolve_uri
 from usvs_dist.train.loop import train_loop_per_worker
+from usvs_dist.train.preflight import CheckedData, check_data, storage_path, warn_about_job_working_dir
 from usvs_dist.train.resume import latest_complete_checkpoint
-from usvs_dist.train.step import reads_narration
 
 log = logging.getLogger(__name__)
 
@@ -42,146 +39,6 @@ class RunResult:
     tracking_uri: str
     checkpoint_path: str
     metrics: dict
-
-
-def check_config(cfg: RootConfig) -> Requirements:
-    """Checks needing the registries (config/ is the leaf and cannot see them); what the recipe reads.
-
-    Raises ConfigError naming the key.
-    """
-    needs = check_objective(cfg.objective)
-    check_names(cfg.model, modalities_for(needs.outputs))
-    pretext = cfg.objective.pretext
-    if "pretext_clips" in model_inputs(needs.outputs) and cfg.data.num_frames < pretext.subclips:
-        raise ConfigError(
-            f"config key {cfg.data.key('num_frames')}={cfg.data.num_frames} is invalid: the pretext view "
-            f"cuts clips into {pretext.key('subclips')}={pretext.subclips} sub-clips of at least one frame"
-        )
-    return needs
-
-
-def check_labels(needs: Requirements, index: dict, shards: str | Path, recipe: str) -> None:
-    """A recipe reading plane labels fails before any worker starts when the shards have none."""
-    if not needs.needs_labels:
-        return
-    labelled = index.get("labels", {}).get("clips_with_labels", 0)
-    total = index.get("totals", {}).get("clips", 0)
-    if labelled == 0:
-        raise ConfigError(
-            f"objective.recipe={recipe} needs plane labels, but the shards in {redact(str(shards))} "
-            "have none "
-            "(index.json labels.clips_with_labels = 0); shard scans with a labels file"
-        )
-    if labelled < total:
-        log.warning(
-            "%d of %d clips have no plane labels: they get instance positives only", total - labelled, total
-        )
-
-
-def check_narration(
-    needs: Requirements,
-    index: dict,
-    split: str,
-    shards: str | Path,
-    recipe: str,
-    names: set[str] | None = None,
-) -> int:
-    """Clips of `split` (of the shards `names`, when data.shard_urls lists some) that a recipe
-    reading the narration leaves out (those without); raises when it would keep none.
-    Video-only recipes use every clip (0 left out)."""
-    if not reads_narration(needs):
-        return 0
-    entries = [s for s in index["shards"] if s["split"] == split and (names is None or s["name"] in names)]
-    clips = sum(s["clips"] for s in entries)
-    narrated = sum(schema.narrated_clips(s) for s in entries)
-    if clips and narrated == 0:
-        raise ConfigError(
-            f"objective.recipe={recipe} reads the narration, but data.split={split} of "
-            f"{redact(str(shards))} has "
-            f"0 clips with narration and {clips} without (scans sharded without audio); train a recipe "
-            "that reads no audio (isbi2020, awcl2022, or custom terms without audio) or shard scans "
-            "with narration"
-        )
-    return clips - narrated
-
-
-def _storage_path(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def _is_relative_local(location: str) -> bool:
-    if location.startswith("sqlite:///"):
-        return not location.startswith("sqlite:////")
-    return "://" not in location and not location.startswith("/")
-
-
-def _warn_about_job_working_dir(cfg: RootConfig) -> None:
-    """Under `ray job submit --working-dir`, the cwd is a temporary copy deleted with the cluster."""
-    if "working_dir_files" not in os.getcwd():
-        return
-    tracking = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
-    relative = [
-        key
-        for key, location in (("train.storage_path", cfg.train.storage_path), ("tracking.uri", tracking))
-        if _is_relative_local(location)
-    ]
-    if relative:
-        log.warning(
-            "running in a Ray job's temporary working dir %s: %s resolve inside it and are lost "
-            "with the cluster; give absolute paths on shared storage (see README)",
-            os.getcwd(),
-            ", ".join(relative),
-        )
-
-
-@dataclass(frozen=True)
-class CheckedData:
-    """The run's shards, checked against its recipe before Ray starts."""
-
-    shards: str
-    """Absolute shard folder or URL."""
-    left_out: int
-    """Clips of the split without narration, which a recipe reading it leaves out."""
-
-
-def check_data(cfg: RootConfig, shards: str | Path, log_fn=print) -> CheckedData:
-    """Check the run's shards and the epoch plan against the recipe: labels when it reads them,
-    narration when it reads it. Raises ValueError or FileNotFoundError naming the key and what
-    was found, before any worker starts.
-
-    `shards` is `data.shards`, or the phantom shards an entry resolved an empty one to
-    (`usvs_dist.phantom.resolve_shards`): the driver itself never builds shards.
-    """
-    needs = check_config(cfg)
-    if not shards:
-        raise ConfigError(
-            f"config key {cfg.data.key('shards')} is empty: give a shard folder or URL "
-            "(the entries, e.g. `python -m usvs_dist.train`, build the phantom shards for an empty one)"
-        )
-    shards = str(shards) if is_remote(str(shards)) else str(Path(shards).resolve())
-    index = load_index(shards)
-    check_labels(needs, index, shards, cfg.objective.recipe)
-    listed = (
-        {s.name for s in split_shards(shards, index, cfg.data.split, list(cfg.data.shard_urls))}
-        if cfg.data.shard_urls
-        else None
-    )
-    left_out = check_narration(needs, index, cfg.data.split, shards, cfg.objective.recipe, listed)
-    if left_out:
-        log_fn(
-            f"data: {left_out} clips of split {cfg.data.split} have no narration and are left out "
-            f"(objective.recipe={cfg.objective.recipe} reads it)"
-        )
-    # The loader a rank would build: shard list, index and epoch plan are checked before Ray starts.
-    loader = EpochLoader(
-        cfg.data, shards, rank=0, world_size=cfg.train.num_workers, audio=reads_narration(needs)
-    )
-    plan = loader.plan(0)
-    log_fn(
-        f"epoch: {plan.batches_per_rank} batches per rank from {len(loader.shards)} shards; "
-        f"{plan.unused_clips} of {plan.total_clips} clips left out by the balance (others each epoch)"
-    )
-    return CheckedData(shards, left_out)
 
 
 def run(
@@ -198,7 +55,7 @@ def run(
     result when the caller checked the shards already, else `data.shards` is checked (it must be
     set: the entries resolve an empty one to the phantom).
     """
-    _warn_about_job_working_dir(cfg)
+    warn_about_job_working_dir(cfg)
     data = data or check_data(cfg, cfg.data.shards, log_fn)
     shards, left_out = data.shards, data.left_out
 
@@ -215,8 +72,8 @@ def run(
     driver_tracker.log_metrics({"data/clips_without_narration_left_out": left_out}, 0)
     log_fn(f"run {run_name}: MLflow run {run_id} at {redact(uri)}")
 
-    storage_path = _storage_path(cfg.train.storage_path)
-    resume_from = latest_complete_checkpoint(storage_path, run_name)
+    storage = storage_path(cfg.train.storage_path)
+    resume_from = latest_complete_checkpoint(storage, run_name)
     if resume_from:
         log_fn(f"run {run_name}: continuing from {resume_from}")
     if not ray.is_initialized():
@@ -229,7 +86,7 @@ def run(
             "shards": shards,
             "tracking_uri": uri,
             "mlflow_run_id": run_id,
-            "storage_path": storage_path,
+            "storage_path": storage,
             "run_name": run_name,
         },
         scaling_config=ScalingConfig(
@@ -240,7 +97,7 @@ def run(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=callbacks,

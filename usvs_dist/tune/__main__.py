@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         sweep = load_sweep(args.config)
-        from usvs_dist.train.launch import check_config
+        from usvs_dist.train.preflight import check_config
 
         check_config(sweep.base)
     except (ConfigError, ValueError) as exc:
