@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -51,3 +53,11 @@ def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp
     assert artifacts == {"config/resolved.yaml", "config/deepspeed.json"}
     assert [a.path for a in client.list_artifacts(run_id, "encoders")] == ["encoders/encoders.pt"]
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/loss.png"]
+
+    # Rank 0's console progress (train.console, every train.log_every=1 steps): one plain line a
+    # step in the job's output, however Ray prefixes it; no carriage-return redraws.
+    progress = re.findall(
+        r"step (\d)/6 loss \S+ clips/s \S+ lr \d\.\de-\d+ elapsed \d+:\d\d:\d\d eta (\S+)$", run.output, re.M
+    )
+    assert [int(step) for step, _ in progress] == [1, 2, 3, 4, 5, 6]  # rank 0 only: each step once
+    assert progress[-1][1] == "0:00:00"  # the pattern ends at a newline: no "\r" redraws
