@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from usvs_dist.config import ConfigError, load_config, redact, redacted, to_yaml
+from usvs_dist.config import ConfigError, RootConfig, load_config, redact, redacted, to_yaml
 from usvs_dist.config.describe import HelpFormatter, describe
 
 
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _shards(cfg, dry_run: bool) -> tuple[str | None, str]:
+def _shards(cfg: RootConfig, dry_run: bool) -> tuple[str | None, str]:
     """(shard folder or None, a note): `data.shards`, or the phantom's, which a run builds on first
     use and a dry run only looks for in the cache."""
     from usvs_dist.phantom import phantom_dir, resolve_shards
