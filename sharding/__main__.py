@@ -1,4 +1,4 @@
-"""Command line: `python -m sharding synth|build|inspect ...`."""
+"""Command line: `python -m sharding synth|build|inspect|bench ...`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from sharding import bench
-from sharding.build import BuildError, BuildOptions, Execution, ShardWriteError, build
-from sharding.inspect import inspect
-from sharding.manifest import ManifestError
-from sharding.phantom import synthesize
-from sharding.runners import ray_address
-from sharding.vocabulary import read_vocabulary
+# The subcommands' modules are imported after the arguments are parsed: `build` and `inspect`
+# pull in webdataset, which imports torch (seconds), and `--help` needs none of them.
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`(default: X)` after each option's help, except where there is none to show (None, a
+    flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -28,14 +33,17 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of all sharding subcommands."""
-    p = argparse.ArgumentParser(prog="python -m sharding", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m sharding", description=__doc__, formatter_class=_Formatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="write a phantom data set of raw scans with a manifest")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--scans", type=int, default=8)
-    s.add_argument("--seconds", type=float, default=30.0)
-    s.add_argument("--seed", type=int, default=0)
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+
+    s = add("synth", "write a phantom data set of raw scans with a manifest")
+    s.add_argument("--out", type=Path, required=True, help="folder of the raw scans and manifest.csv")
+    s.add_argument("--scans", type=int, default=8, help="number of scans")
+    s.add_argument("--seconds", type=float, default=30.0, help="length of each scan")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     s.add_argument("--fps", type=float, default=15.0, help="frame rate of the raw scans")
     s.add_argument("--size", type=int, default=128, help="frame side of the raw scans")
     s.add_argument(
@@ -44,16 +52,14 @@ def parser() -> argparse.ArgumentParser:
         default=0.8,
         help="share of plane segments whose narration is about the plane",
     )
-    s.add_argument("--scans-per-patient", type=int, default=1)
+    s.add_argument("--scans-per-patient", type=int, default=1, help="scans sharing a patient id")
     s.add_argument(
         "--video-only-scans", type=int, default=0, help="the last N scans have no narration (no audio stream)"
     )
 
-    b = sub.add_parser(
-        "build", help="cut clips and write shards with index.json (resumes an interrupted build)"
-    )
-    b.add_argument("manifest", type=Path)
-    b.add_argument("--out", type=Path, required=True)
+    b = add("build", "cut clips and write shards with index.json (resumes an interrupted build)")
+    b.add_argument("manifest", type=Path, help="CSV of scans (manifest.csv of `synth`, or your own)")
+    b.add_argument("--out", type=Path, required=True, help="folder of the shards and index.json")
     _clip_arguments(b)
     b.add_argument(
         "--salt-file",
@@ -90,18 +96,18 @@ def parser() -> argparse.ArgumentParser:
         help="name the source file of each skipped scan on stderr (default: manifest line and column only)",
     )
 
-    i = sub.add_parser("inspect", help="print the index summary and decode samples")
-    i.add_argument("folder", type=Path)
+    i = add("inspect", "print the index summary and decode samples")
+    i.add_argument("folder", type=Path, help="a shard folder (with index.json)")
     i.add_argument("--verify", action="store_true", help="re-hash every shard and decode one sample of each")
 
-    n = sub.add_parser("bench", help="scan-seconds sharded per core-second, build against a naive cutter")
-    n.add_argument("manifest", type=Path)
+    n = add("bench", "scan-seconds sharded per core-second, build against a naive cutter")
+    n.add_argument("manifest", type=Path, help="CSV of scans")
     _clip_arguments(n)
     return p
 
 
 def _clip_arguments(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--clip-seconds", type=float, default=2.0)
+    b.add_argument("--clip-seconds", type=float, default=2.0, help="clip length")
     b.add_argument(
         "--stride-seconds",
         type=float,
@@ -117,7 +123,7 @@ def _clip_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--fps", type=float, default=8.0, help="frame rate stored in the clips")
     b.add_argument("--size", type=int, default=64, help="frame side stored in the clips (letterboxed)")
     b.add_argument(
-        "--split", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions of patients"
+        "--split", type=_fractions, default="0.8,0.1,0.1", help="train,val,test fractions of patients"
     )
     b.add_argument("--shard-clips", type=int, default=200, help="clips per shard")
     b.add_argument(
@@ -155,7 +161,11 @@ def _clip_arguments(b: argparse.ArgumentParser) -> None:
     )
 
 
-def _options(args: argparse.Namespace) -> BuildOptions:
+def _options(args: argparse.Namespace):
+    """BuildOptions from the parsed arguments."""
+    from sharding.build import BuildOptions
+    from sharding.vocabulary import read_vocabulary
+
     opts = BuildOptions(
         clip_seconds=args.clip_seconds,
         stride_seconds=args.stride_seconds,
@@ -180,6 +190,13 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; exit status 2 on bad input, 1 on scans, shard writes or checks that failed."""
     args = parser().parse_args(argv)
+    from sharding import bench
+    from sharding.build import BuildError, Execution, ShardWriteError, build
+    from sharding.inspect import inspect
+    from sharding.manifest import ManifestError
+    from sharding.phantom import synthesize
+    from sharding.runners import ray_address
+
     try:
         if args.command == "synth":
             manifest = synthesize(

@@ -23,26 +23,39 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from usvs_dist.config import ConfigError, EvalConfig, TrackingConfig, apply_overrides, redact
+from usvs_dist.config.describe import HelpFormatter, describe
+from usvs_dist.config.schema import choice_fields
 
-from usvs_dist.config import ConfigError, apply_overrides, redact
-from usvs_dist.eval import progress, report, tasks
-from usvs_dist.eval.clips import ClipSet
-from usvs_dist.eval.device import DEVICES, resolve_device
-from usvs_dist.eval.encoders import Encoders, random_twin, weights_files, weights_twin
-from usvs_dist.trained import DEFAULT_TRACKING_URI, load_trained
+# torch and the evaluation modules are imported where they are used, after the arguments are
+# parsed: `--help` and a bad argument answer without the seconds their imports take.
+if TYPE_CHECKING:
+    import torch
+
+    from usvs_dist.eval.clips import ClipSet
+    from usvs_dist.eval.encoders import Encoders
 
 log = logging.getLogger("usvs_dist.evaluate")
 
+TASK_NAMES = ("planes", "saliency", "retrieval")
+"""The names of usvs_dist.eval.tasks.TASKS, in its order (a test keeps the two equal): `--task`
+lists them without importing torch."""
 
-OVERRIDABLE = ("eval.", "data.", "model.video_weights=", "model.image_weights=", "model.audio_weights=")
+
+OVERRIDABLE_KEYS = ("eval.", "data.", "model.video_weights", "model.image_weights", "model.audio_weights")
 """Keys an evaluation may override on top of the run's config: the architecture stays the run's;
 model.*_weights only name the files of the weights-init baseline."""
+OVERRIDABLE = tuple(k if k.endswith(".") else f"{k}=" for k in OVERRIDABLE_KEYS)
+"""What an override `key=value` starts with when its key is one of OVERRIDABLE_KEYS."""
 
 
 def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
     """(encoders, MLflow tracking URI, run id) from --run or --checkpoint."""
+
+    from usvs_dist.trained import load_trained
+
     trained = load_trained(
         args.run, args.checkpoint, config=args.config, tracking_uri=args.tracking_uri, dest=tmp
     )
@@ -51,6 +64,8 @@ def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
 
 def _baselines(enc: Encoders, init: Encoders | None) -> list[str]:
     """The report's lines on the baselines: which weights init, and what it leaves out."""
+    from usvs_dist.eval.encoders import weights_files
+
     lines = [f"random init: the same architecture, seeded by eval.seed={enc.cfg.eval.seed}"]
     if init is None:
         lines.append(
@@ -82,6 +97,10 @@ def evaluate(
     model.*_weights name files) on `device` (default: eval.device; `enc` is moved there); returns
     metrics, gains, each task's wall seconds per encoder set ("seconds": {task: {side: s}}, clip
     loading and figures left out), the report and the written files."""
+    from usvs_dist.eval import progress, report, tasks
+    from usvs_dist.eval.device import resolve_device
+    from usvs_dist.eval.encoders import random_twin, weights_twin
+
     cfg = enc.cfg
     device = resolve_device(cfg.eval.device) if device is None else device
     enc.to(device)
@@ -140,12 +159,19 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; see the module docstring."""
-    p = argparse.ArgumentParser(prog="python -m usvs_dist.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m usvs_dist.evaluate",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        epilog="keys an evaluation may override (eval.key=value) on top of the run's config (the defaults "
+        "shown are the built-in ones; the run's config may hold others):\n\n"
+        + describe(keep=OVERRIDABLE_KEYS),
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="MLflow run id of a pretraining run")
     src.add_argument("--checkpoint", help="a training checkpoint folder (or an encoders.pt with --config)")
     p.add_argument("--config", help="the run's resolved config, when --checkpoint is a bare encoders.pt")
-    p.add_argument("--task", action="append", choices=tasks.TASKS, help="repeatable; default: all three")
+    p.add_argument("--task", action="append", choices=TASK_NAMES, help="repeatable; default: all three")
     p.add_argument(
         "--protocol",
         action="append",
@@ -160,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--tracking-uri",
-        default=DEFAULT_TRACKING_URI,
+        default=TrackingConfig.uri,
         help="MLflow store of --run (MLFLOW_TRACKING_URI wins)",
     )
     p.add_argument("--out", default="eval_out", help="folder for report.md and figures")
     p.add_argument("--no-log", action="store_true", help="do not log to the evaluated MLflow run")
     p.add_argument(
         "--device",
-        choices=DEVICES,
+        choices=choice_fields(EvalConfig)["device"][0],
         help="where encoders, probes and fine-tuning run (bf16 autocast on cuda); default: eval.device "
         "(auto: cuda when there is one)",
     )
@@ -175,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="eval.key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from usvs_dist.eval import progress
+    from usvs_dist.eval.device import resolve_device
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -205,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate(
                 enc,
                 location,
-                args.task or list(tasks.TASKS),
+                args.task or list(TASK_NAMES),
                 tuple(args.protocol or ("linear", "finetune")),
                 out,
                 device,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from usvs_dist.config import load_config
+from usvs_dist.config import TrackingConfig, load_config
 from usvs_dist.eval.encoders import RUN_FILE, Encoders, build_encoders, from_checkpoint
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_TRACKING_URI = TrackingConfig.uri
 """The tracking URI of `--run` when none is given (tracking.uri's default)."""
 RUN_ARTIFACTS = ["config/resolved.yaml", "encoders/encoders.pt"]
 """What a pretraining run logs that its encoders are rebuilt from."""

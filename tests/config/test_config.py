@@ -88,7 +88,7 @@ PAPER_CONFIGS = ("usvs2020", "dual2024", "isbi2020", "awcl2022")
 
 @pytest.mark.parametrize("recipe", PAPER_CONFIGS)
 def test_paper_configs_hold_the_papers_settings(recipe):
-    from usvs_dist.train.launch import check_config
+    from usvs_dist.train.preflight import check_config
 
     cfg = load_config(REPO / "configs" / f"{recipe}.yaml")
     check_config(cfg)
@@ -206,3 +206,22 @@ def test_section_keys_are_where_the_sections_sit_in_the_tree():
     assert config.PretextConfig().key("subclips") == "objective.pretext.subclips"
     assert choice_fields(config.DataConfig)["split"] == (SPLITS, False)
     assert Split.__args__ == SPLITS  # the Literal restates the shard format's splits
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_sze=3", "unknown config key 'data.batch_sze': did you mean data.batch_size?"),
+        ("data.augment.flp=true", "unknown config key 'data.augment.flp': did you mean data.augment.flip?"),
+        ("trian.steps=3", "unknown config key 'trian': did you mean train?"),
+        (
+            "tracking.zzzz=1",
+            "unknown config key 'tracking.zzzz': expected one of tracking.uri, tracking.experiment, "
+            "tracking.system_metrics, tracking.system_metrics_interval",
+        ),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_valid_one(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == f"override {override!r}: {message}"

@@ -57,7 +57,7 @@ def test_the_loader_reads_an_epoch_from_s3(s3_shards, phantom_shards):
 
 def test_the_train_entry_checks_s3_shards_before_ray(s3_shards, tmp_path, monkeypatch, capsys):
     from usvs_dist.config import load_config
-    from usvs_dist.train.launch import check_data
+    from usvs_dist.train.preflight import check_data
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [f"data.shards={s3_shards}", "data.batch_size=2"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import mlflow.pytorch
 import pytest
 import torch
@@ -60,3 +62,15 @@ def test_train_entry_runs_two_ray_workers_and_logs_to_mlflow(phantom_shards, tmp
     model = mlflow.pytorch.load_model(f"models:/e2e-video/{version.version}")
     clips = torch.rand(2, 1, cfg.data.num_frames, cfg.data.frame_size, cfg.data.frame_size)
     assert model(clips).shape == (2, model.out_features)
+
+    # Rank 0's console progress (train.console, every train.log_every=1 steps): one plain line a
+    # step in the job's output, however Ray prefixes it (the pattern ends at a newline: no "\r"
+    # redraws). The output is stdout + stderr, and Ray echoes worker lines on both.
+    progress = re.findall(
+        r"pid=(\d+)\).* step (\d)/6 loss \S+ clips/s \S+ lr \d\.\de-\d+ elapsed \d+:\d\d:\d\d eta (\S+)$",
+        run.output,
+        re.M,
+    )
+    assert list(dict.fromkeys(int(step) for _, step, _ in progress)) == [1, 2, 3, 4, 5, 6]
+    assert len({pid for pid, _, _ in progress}) == 1  # rank 0 only
+    assert progress[-1][2] == "0:00:00"

@@ -8,7 +8,7 @@ import pytest
 
 from usvs_dist.config import load_config
 from usvs_dist.tracking import resolve_uri
-from usvs_dist.train.launch import _warn_about_job_working_dir, check_config, check_labels
+from usvs_dist.train.preflight import check_config, check_labels, warn_about_job_working_dir
 
 
 def test_registry_names_are_checked():
@@ -57,11 +57,11 @@ def test_ray_job_working_dir_warning(tmp_path, monkeypatch, caplog):
     job_dir.mkdir(parents=True)
     monkeypatch.chdir(job_dir)
     with caplog.at_level(logging.WARNING):
-        _warn_about_job_working_dir(load_config())
+        warn_about_job_working_dir(load_config())
     assert "train.storage_path, tracking.uri" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _warn_about_job_working_dir(
+        warn_about_job_working_dir(
             load_config(None, ["train.storage_path=/shared/r", "tracking.uri=sqlite:////shared/m.db"])
         )
     assert caplog.text == ""

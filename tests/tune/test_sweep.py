@@ -3,6 +3,7 @@ stops the trials it should, --resume reruns nothing, and compare prints the tabl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.train.runner import TINY, entry_env
 from usvs_dist.config import ConfigError
-from usvs_dist.tune.space import load_sweep
+from usvs_dist.tune.space import AshaConfig, ParamSpec, SweepConfig, load_sweep
 
 
 def _base(shards) -> dict:
@@ -97,6 +98,46 @@ def test_the_sweep_section_is_a_typed_config_refused_naming_the_key(sweep, messa
         load_sweep(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def _typo(name: str) -> str:
+    """`name` with two neighbouring letters swapped (num_samples -> num_smaples), or one left out
+    where those two are the same."""
+    k = len(name) // 2
+    swapped = name[: k - 1] + name[k] + name[k - 1] + name[k + 1 :]
+    return swapped if swapped != name else name[:k] + name[k + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [("sweep", f.name) for f in dataclasses.fields(SweepConfig)]
+    + [("sweep.asha", f.name) for f in dataclasses.fields(AshaConfig)]
+    + [("sweep.space.objective.temperature", f.name) for f in dataclasses.fields(ParamSpec)],
+)
+def test_a_misspelt_sweep_key_is_refused_naming_the_nearest_one(section, field, tmp_path):
+    typo = _typo(field)
+    assert typo != field
+    sweep: dict = {"space": {"objective.temperature": {"type": "uniform", "low": 0.1, "high": 0.2}}}
+    if section == "sweep":
+        sweep[typo] = sweep.pop(field, None) or 1
+    elif section == "sweep.asha":
+        sweep["asha"] = {typo: 2}
+    else:
+        spec = sweep["space"]["objective.temperature"]
+        spec[typo] = spec.pop(field, None)
+    path = _write(tmp_path / "s.yaml", sweep, {})
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert str(err.value) == (
+        f"{path}: unknown config key '{section}.{typo}': did you mean {section}.{field}?"
+    )
+
+
+def test_a_misspelt_top_level_key_of_a_sweep_file_names_the_nearest_one(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"sweep": {"space": TEMPERATURE}, "bsae": {}}))
+    with pytest.raises(ConfigError, match="unknown config key 'bsae': did you mean base?"):
+        load_sweep(path)
 
 
 def test_a_valid_sweep_section_is_typed(tmp_path):
@@ -250,3 +291,24 @@ def test_shipped_sweep_files_validate(recipe):
     sweep = load_sweep(REPO / "configs" / f"sweep_{recipe}.yaml")
     assert sweep.base.objective.recipe == recipe and sweep.metric == "eval/retrieval/v2a_r1"
     assert "objective.temperature" in sweep.space
+
+
+def test_tune_help_lists_the_sweep_keys_and_quiet_reaches_the_trials(phantom_shards, tmp_path, monkeypatch):
+    import usvs_dist.tune.sweep as sweep_module
+    from usvs_dist.tune.__main__ import main, parser
+
+    text = parser().format_help()
+    for f in dataclasses.fields(SweepConfig):
+        assert f"  sweep.{f.name} (" in text or f"\nsweep.{f.name}: " in text, f.name  # a key or a section
+    assert "\nsweep.asha: ASHA early stopping" in text and "(default null: off)" in text
+    assert "  sweep.asha.grace_period (int, default 1)" in text and "--quiet" in text
+
+    ran = []
+    monkeypatch.setattr(
+        sweep_module,
+        "run_sweep",
+        lambda sweep, *_, **__: ran.append(sweep) or {"parent_run_id": "p", "errors": 0},
+    )
+    path = _write(tmp_path / "s.yaml", {"space": TEMPERATURE}, _base(phantom_shards))
+    assert main(["--config", str(path)]) == 0 and ran[-1].base.train.console is True
+    assert main(["--config", str(path), "--quiet"]) == 0 and ran[-1].base.train.console is False

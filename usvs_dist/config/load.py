@@ -16,6 +16,7 @@ merges it before the whole tree is validated once), a Tune trial's parameters an
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from pathlib import Path
@@ -44,11 +45,25 @@ def _allowed(exc: OmegaConfBaseException, schema: type) -> tuple[Any, ...] | Non
     return choice_fields(schema).get(leaf, (None, False))[0] if dataclasses.is_dataclass(schema) else None
 
 
+def unknown_key(key: str, valid: list[str] | tuple[str, ...]) -> str:
+    """`unknown config key 'a.b_typo': did you mean a.b?` (difflib's nearest of `valid`, the
+    section's field names), else the valid keys listed."""
+    section, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    full = [f"{section}.{name}" if section else name for name in (close or valid)]
+    return f"unknown config key '{key}': " + (
+        f"did you mean {full[0]}?" if close else f"expected one of {', '.join(full)}"
+    )
+
+
 def _one_line(exc: OmegaConfBaseException, source: str, schema: type[Section] = RootConfig) -> ConfigError:
     key = ".".join(k for k in (schema.KEY, str(getattr(exc, "full_key", None) or "")) if k) or "?"
     where = f"{source}: " if source else ""
     msg = str(getattr(exc, "msg", None) or exc).splitlines()[0]
     if isinstance(exc, ConfigKeyError | ConfigAttributeError):
+        owner = getattr(exc, "object_type", None)
+        if dataclasses.is_dataclass(owner):
+            return ConfigError(where + unknown_key(key, [f.name for f in dataclasses.fields(owner)]))
         return ConfigError(f"{where}unknown config key '{key}' ({msg})")
     allowed = _allowed(exc, schema)
     if allowed is not None:

@@ -474,7 +474,10 @@ class TrainConfig(Section):
     run_name: str = ""
     """Unique run name; same name and storage resume. Empty: generated."""
     log_every: int = 1
-    """Log metrics every this many steps."""
+    """Log metrics every this many steps (to MLflow, and to the console when train.console)."""
+    console: bool = True
+    """Rank 0 prints a plain progress line (step, loss, clips/s, lr, elapsed, ETA) every
+    train.log_every steps into the job's output; `python -m usvs_dist.train --quiet` sets false."""
     seed: int = 0
     """Seed of model init (the rank is mixed in for augmentation)."""
 

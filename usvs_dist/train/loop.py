@@ -1,7 +1,8 @@
 """train_loop_per_worker: what each Ray Train worker runs (reads top to bottom).
 
 build model and engine -> resume (engine, step, RNG, loader state) -> while not done: a micro-step;
-on each optimizer step log (rank 0), evaluate every eval.every steps, checkpoint and report.
+on each optimizer step log (rank 0: MLflow and a console line), evaluate every eval.every steps,
+checkpoint and report.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from usvs_dist.losses import check_objective
 from usvs_dist.models import build_model
 from usvs_dist.tracking import MlflowTracker, NullTracker, Tracker
 from usvs_dist.train.checkpoint import Checkpointer
+from usvs_dist.train.console import ConsoleProgress
 from usvs_dist.train.metrics import MetricsWindow
 from usvs_dist.train.periodic_eval import PeriodicEval
 from usvs_dist.train.step import BatchViews, reads_narration, train_step
@@ -87,6 +89,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     window = MetricsWindow(accum, cfg.data.batch_size * world * accum, engine.device)
     if rank == 0:
         _log_plan(cfg, loader, world)
+    console = ConsoleProgress(cfg.train.steps, state.step, enabled=rank == 0 and cfg.train.console)
     for batch in loader.batches(engine.device):
         lr = engine.get_lr()[0]  # the rate this optimizer step uses
         parts = train_step(engine, batch, cfg, make_views, state.step / cfg.train.steps)
@@ -96,7 +99,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state.samples += window.global_batch
         last = state.step == cfg.train.steps
         if state.step % cfg.train.log_every == 0 or last:
-            tracker.log_metrics(window.summary(loader, state, lr), state.step)
+            logged = window.summary(loader, state, lr)  # a collective: every rank computes it
+            tracker.log_metrics(logged, state.step)
+            console.show(state.step, logged)
         evaluating = bool(cfg.eval.every) and (state.step % cfg.eval.every == 0 or last)
         evaluated = _evaluate(model, cfg, periodic) if evaluating else {}
         if evaluated:

@@ -1,4 +1,9 @@
-"""`python -m usvs_dist.tune --config configs/sweep_<recipe>.yaml [--resume] [--storage DIR]`."""
+"""`python -m usvs_dist.tune --config configs/sweep_<recipe>.yaml [--resume] [--storage DIR] [--quiet]`.
+
+A sweep file holds a `sweep:` section (its keys below) and a `base:` training config (the keys of
+`python -m usvs_dist.train --help`). Each trial's rank 0 prints the training progress lines as
+the base's train.console says (default: on); --quiet turns them off for every trial.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,40 @@ import argparse
 import logging
 import sys
 
-from usvs_dist.config import ConfigError
+from usvs_dist.config import ConfigError, apply_overrides
+from usvs_dist.config.describe import HelpFormatter, describe
+
+
+def parser() -> argparse.ArgumentParser:
+    """The entry's arguments; the epilog lists the `sweep:` section's keys (from SweepConfig)."""
+    from usvs_dist.tune.space import SweepConfig
+
+    p = argparse.ArgumentParser(
+        prog="python -m usvs_dist.tune",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        epilog="sweep file keys:\n\n" + describe(SweepConfig, SweepConfig.KEY),
+    )
+    p.add_argument("--config", required=True, help="sweep file: sweep + base sections")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    p.add_argument("--storage", default="ray_results", help="where Tune keeps the sweep's state")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress lines from the trials (train.console=false)"
+    )
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Validate the sweep (exit 2 naming the key), then run or resume it."""
-    p = argparse.ArgumentParser(prog="python -m usvs_dist.tune", description=__doc__)
-    p.add_argument("--config", required=True, help="sweep file: sweep + base sections")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
-    p.add_argument("--storage", default="ray_results", help="where Tune keeps the sweep's state")
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from usvs_dist.tune.space import load_sweep
 
     try:
         sweep = load_sweep(args.config)
-        from usvs_dist.train.launch import check_config
+        if args.quiet:
+            sweep.base = apply_overrides(sweep.base, ["train.console=false"])
+        from usvs_dist.train.preflight import check_config
 
         check_config(sweep.base)
     except (ConfigError, ValueError) as exc:

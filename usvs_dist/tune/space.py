@@ -16,10 +16,10 @@ sweep:
 base: {...}                       # any training config (the same keys as configs/*.yaml)
 ```
 The `sweep:` section is a typed config (SweepConfig), built and checked like the training config
-(unknown keys, types, choices, ranges); with the base it becomes a Sweep, which checks every
-searched key before a trial starts: it must be a config key, its range non-empty, and the recipe
-must read it. A trial's parameters reach its config through `config.apply_overrides`, as the
-command line's `section.key=value` do.
+(unknown keys, named with the nearest valid one; types, choices, ranges); with the base it becomes
+a Sweep, which checks every searched key before a trial starts: it must be a config key, its range
+non-empty, and the recipe must read it. A trial's parameters reach its config through
+`config.apply_overrides`, as the command line's `section.key=value` do.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from usvs_dist.config import (
     from_tree,
     name_sections,
 )
+from usvs_dist.config.load import unknown_key
 from usvs_dist.losses import check_objective, recipe_reads
 
 
@@ -170,11 +171,13 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
     doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict) or not isinstance(doc.get("sweep"), dict):
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping with a `sweep:` section")
+    for key in doc:
+        if key not in ("sweep", "base"):
+            raise ConfigError(f"{path}: {unknown_key(str(key), ('sweep', 'base'))}")
+    if not isinstance(doc.get("sweep"), dict):
         raise ConfigError(f"{path}: expected a `sweep:` section")
-    unknown = set(doc) - {"sweep", "base"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} (expected sweep, base)")
     try:
         base = from_dict(doc.get("base") or {})
     except ConfigError as exc:
