@@ -217,7 +217,7 @@ def test_section_keys_are_where_the_sections_sit_in_the_tree():
         (
             "tracking.zzzz=1",
             "unknown config key 'tracking.zzzz': expected one of tracking.uri, tracking.experiment, "
-            "tracking.system_metrics, tracking.system_metrics_interval",
+            "tracking.system_metrics, tracking.system_metrics_interval, tracking.register_as",
         ),
     ],
 )
