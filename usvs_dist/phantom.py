@@ -14,7 +14,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from sharding.build import BuildOptions, build
+from sharding.build import BuildOptions, Execution, build
 from sharding.phantom import synthesize
 from usvs_dist import __version__
 from usvs_dist.config.schema import PhantomConfig, RootConfig
@@ -39,13 +39,15 @@ def phantom_dir(cfg: PhantomConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() / f"phantom-{key}"
 
 
-def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
-    """Shard folder of the phantom data set, synthesising and building it on first use."""
+def ensure_phantom_shards(cfg: PhantomConfig, log=print, workers: int = 1) -> Path:
+    """Shard folder of the phantom data set, synthesising and building it on first use (cutting
+    scans on `workers` processes; the shards' bytes do not depend on it)."""
     root = phantom_dir(cfg)
     shards = root / "shards"
     if (shards / schema.INDEX_NAME).is_file():
         return shards
-    log(f"building the phantom data set into {root} (first use; reused afterwards)")
+    on = f" on {workers} processes" if workers > 1 else ""
+    log(f"building the phantom data set into {root}{on} (first use; reused afterwards)")
     work = root.with_name(f".{root.name}.{os.getpid()}.tmp")
     shutil.rmtree(work, ignore_errors=True)
     manifest = synthesize(
@@ -69,6 +71,7 @@ def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
             split_fractions=tuple(cfg.split_fractions),
         ),
         log=log,
+        execution=Execution(workers=workers),
     )
     # Publish atomically: a concurrent or interrupted build never leaves a half-made cache.
     root.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -161,50 +160,11 @@ def run_overrides(shards: str, workdir: Path, steps: int, cpus: int) -> list[str
 
 
 def bench_shards(phantom: PhantomConfig, workers: int, log=print) -> Path:
-    """The phantom cache's shards for `phantom`, built on `workers` processes
-    when missing; the folder and bytes are those `usvs_dist.phantom.ensure_phantom_shards` uses."""
-    from sharding.build import BuildOptions, Execution, build
-    from sharding.phantom import synthesize
-    from usvs_dist.data import schema
-    from usvs_dist.phantom import PHANTOM_SALT, phantom_dir
+    """The phantom cache's shards for `phantom` (those `usvs_dist.phantom.ensure_phantom_shards`
+    uses), built on `workers` processes when missing."""
+    from usvs_dist.phantom import ensure_phantom_shards
 
-    root = phantom_dir(phantom)
-    shards = root / "shards"
-    if (shards / schema.INDEX_NAME).is_file():
-        return shards
-    log(f"building the phantom data set into {root} on {workers} processes (first use; reused afterwards)")
-    work = root.with_name(f".{root.name}.{os.getpid()}.tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    manifest = synthesize(
-        work / "raw",
-        scans=phantom.scans,
-        seconds=phantom.seconds,
-        seed=phantom.seed,
-        speech_share=phantom.speech_share,
-        log=log,
-    )
-    (work / "salt").write_bytes(PHANTOM_SALT)
-    build(
-        manifest,
-        work / "shards",
-        work / "salt",
-        BuildOptions(
-            clip_seconds=phantom.clip_seconds,
-            fps=phantom.fps,
-            size=phantom.size,
-            split_fractions=tuple(phantom.split_fractions),
-        ),
-        log=log,
-        execution=Execution(workers=workers),
-    )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    if root.exists() and not (shards / schema.INDEX_NAME).is_file():
-        shutil.rmtree(root)  # left by an older, broken build
-    try:
-        os.replace(work, root)
-    except OSError:
-        shutil.rmtree(work, ignore_errors=True)  # another process published first
-    return shards
+    return ensure_phantom_shards(phantom, log=log, workers=workers)
 
 
 def _child_env() -> dict[str, str]:
