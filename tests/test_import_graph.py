@@ -107,7 +107,9 @@ def _imported_in_a_function(module: str, target: str) -> bool:
     hits = [
         node
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module and target.startswith(node.module)
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and (target == node.module or target.startswith(node.module + "."))
     ]
     return bool(hits) and all(id(node) in inside for node in hits)
 

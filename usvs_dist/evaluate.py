@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -144,7 +145,10 @@ def evaluate(
         used=used,
         seconds=seconds,
     )
-    (out / "report.md").write_text(text)
+    # Atomic: an interrupted evaluation must not leave a cut report that is logged later.
+    partial = out / ".report.md.tmp"
+    partial.write_text(text)
+    os.replace(partial, out / "report.md")
     found = {
         **results,
         "seconds": seconds,
@@ -224,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     location = args.shards or enc.cfg.data.shards
-    if not location:
-        from usvs_dist.phantom import ensure_phantom_shards  # the run trained on the phantom
-
-        location = str(ensure_phantom_shards(enc.cfg.phantom, log=print))
     log.info("evaluating on %s", device)
     try:
+        if not location:
+            from usvs_dist.phantom import ensure_phantom_shards  # the run trained on the phantom
+
+            location = str(ensure_phantom_shards(enc.cfg.phantom, log=print))
         with progress.shown(not args.quiet):
             result = evaluate(
                 enc,

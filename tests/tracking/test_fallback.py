@@ -66,3 +66,23 @@ def test_sync_copies_runs_once(tmp_path):
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
     assert {f.path for f in client.list_artifacts(run.info.run_id, "config")} >= {"config/resolved.yaml"}
     assert sync(src, dst, log_fn=lambda *_: None) == {}  # already there
+
+
+def test_sync_leaves_running_runs_and_points_trials_at_their_copied_parent(tmp_path):
+    src, dst = f"sqlite:///{tmp_path / 'fallback.db'}", f"sqlite:///{tmp_path / 'server.db'}"
+    client = MlflowClient(src)
+    exp = client.create_experiment("sweep")
+    parent = client.create_run(exp, run_name="parent", start_time=1000).info.run_id
+    trial = client.create_run(
+        exp, run_name="trial", start_time=2000, tags={"mlflow.parentRunId": parent}
+    ).info.run_id
+    running = client.create_run(exp, run_name="still-running", start_time=3000).info.run_id
+    for run in (parent, trial):
+        client.set_terminated(run, "FINISHED")
+    said: list[str] = []
+    copied = sync(src, dst, log_fn=said.append)
+    assert set(copied) == {parent, trial}
+    assert MlflowClient(dst).get_run(copied[trial]).data.tags["mlflow.parentRunId"] == copied[parent]
+    assert any(running in line and "still running" in line for line in said)
+    client.set_terminated(running, "FINISHED")
+    assert list(sync(src, dst, log_fn=said.append)) == [running]  # copied once it has ended

@@ -163,7 +163,8 @@ def plane_detection(
         with progress(len(folds), f"{desc} {protocol}") as advance:
             for test_rows in folds:
                 test = torch.tensor(test_rows)
-                train = torch.tensor([i for i in range(len(scans)) if i not in set(test_rows)])
+                held_out = set(test_rows)
+                train = torch.tensor([i for i in range(len(scans)) if i not in held_out])
                 if protocol == "linear":
                     pred = linear_probe(
                         feats[train],

@@ -241,7 +241,8 @@ def saliency(
         with progress(len(folds), f"{desc} {protocol}") as advance:
             for test_rows in folds:
                 test = torch.tensor(test_rows)
-                train = torch.tensor([i for i in range(len(scans)) if i not in set(test_rows)])
+                held_out = set(test_rows)
+                train = torch.tensor([i for i in range(len(scans)) if i not in held_out])
                 if protocol == "linear":
                     decoder = train_decoder(maps[train], truth[train], cfg, device)
                     pred = predict(decoder, maps[test], cfg.batch_size)

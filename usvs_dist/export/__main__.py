@@ -20,10 +20,8 @@ from usvs_dist.config import ConfigError
 from usvs_dist.eval.encoders import ENCODERS_FILE
 from usvs_dist.export.write import write_export
 from usvs_dist.models import ENCODERS
+from usvs_dist.train.state import STATE_FILE
 from usvs_dist.trained import DEFAULT_TRACKING_URI, load_trained
-
-STATE_FILE = "train_state.json"
-"""A checkpoint's TrainState (train/state.py): the step the encoders were saved at."""
 
 
 def _step(source: str) -> int | None:

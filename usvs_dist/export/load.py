@@ -38,7 +38,12 @@ def _from_export(folder: Path, modality: str) -> tuple[nn.Module, dict[str, Any]
         # torchvision's key names are ours; its stem takes RGB and its zero fc is untrained.
         tree = {**tree, "data": {**tree["data"], "channels": 3}}
         classifier = [k for k in state if k.startswith("fc.")]
-        assert entry["name"] in TORCHVISION_ENCODERS and classifier, "a torchvision export has a zero fc"
+        if entry["name"] not in TORCHVISION_ENCODERS or not classifier:
+            raise ValueError(
+                f"{folder / MANIFEST}: {modality} encoder {entry['name']!r} in the torchvision layout "
+                "should be a torchvision architecture with its fc.* tensors (a folder not written by "
+                "`python -m usvs_dist.export --format torchvision`?)"
+            )
         state = {k: v for k, v in state.items() if k not in classifier}
     encoder = build_encoder(from_dict(tree), modality)
     encoder.load_state_dict(state, strict=True)

@@ -71,6 +71,8 @@ def reachable_uri(uri: str, workdir: str | Path | None = None, log_fn=print) -> 
     if why is None:
         return uri
     local = fallback_uri(workdir)
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
     log.warning(
         "MLflow at %s is unreachable (%s): training continues, logging to %s; copy it to the server "
         "later with `python -m usvs_dist.tracking.sync --from %s --to <server URI>`",

@@ -15,6 +15,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 from torch import nn
 
+from usvs_dist import __version__
 from usvs_dist.config import redact
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def log_encoder_model(
             serialization_format="pickle",
             # Stated, not inferred: inference loads the model in a subprocess (slow, and it pins
             # whatever happens to be installed).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "usvs_dist"],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"usvs_dist=={__version__}"],
         )
         if register_as:
             version = mlflow.register_model(info.model_uri, register_as)

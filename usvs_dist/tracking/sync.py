@@ -18,14 +18,19 @@ from mlflow.tracking import MlflowClient
 from usvs_dist.config import redact
 
 SYNCED_FROM_TAG = "usvs.synced_from"
+PARENT_RUN_TAG = "mlflow.parentRunId"
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 
 
-def _copy_run(src: MlflowClient, dst: MlflowClient, run, exp_id: str) -> str:
-    """One run into experiment `exp_id` of `dst`; returns the new run id."""
+def _copy_run(src: MlflowClient, dst: MlflowClient, run, exp_id: str, copied: dict[str, str]) -> str:
+    """One finished run into experiment `exp_id` of `dst`; returns the new run id. A parent run
+    (a sweep's) copied before it, `copied` maps to its new id."""
     run_id = run.info.run_id
     tags = {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"}
+    parent = tags.get(PARENT_RUN_TAG)
+    if parent in copied:
+        tags[PARENT_RUN_TAG] = copied[parent]
     new = dst.create_run(
         exp_id,
         start_time=run.info.start_time,
@@ -49,8 +54,7 @@ def _copy_run(src: MlflowClient, dst: MlflowClient, run, exp_id: str) -> str:
     if src.list_artifacts(run_id):
         with tempfile.TemporaryDirectory() as tmp:
             dst.log_artifacts(new_id, src.download_artifacts(run_id, "", tmp))
-    if run.info.status != "RUNNING":
-        dst.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
+    dst.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
     return new_id
 
 
@@ -74,7 +78,11 @@ def sync(src_uri: str, dst_uri: str, experiments: list[str] | None = None, log_f
         for run in sorted(runs, key=lambda r: r.info.start_time):
             if run.info.run_id in done:
                 continue
-            copied[run.info.run_id] = _copy_run(src, dst, run, exp_id)
+            if run.info.status == "RUNNING":
+                # Copied once, a run is never copied again: what it logs after would be lost.
+                log_fn(f"{exp.name}: run {run.info.run_id} is still running; left for a later sync")
+                continue
+            copied[run.info.run_id] = _copy_run(src, dst, run, exp_id, copied)
             log_fn(f"{exp.name}: run {run.info.run_name} {run.info.run_id} -> {copied[run.info.run_id]}")
     return copied
 

@@ -29,6 +29,7 @@ from usvs_dist.config import (
     to_yaml,
 )
 from usvs_dist.tracking import MlflowTracker, finish_run, mark_stopped_trials, open_run, resolve_uri
+from usvs_dist.tracking.fallback import reachable_uri
 from usvs_dist.train.launch import run as train_run
 from usvs_dist.tune.space import Sweep, tune_space
 
@@ -75,8 +76,10 @@ def run_sweep(sweep: Sweep, storage_path: str, resume: bool = False, print_fn=pr
             "(usvs_dist.phantom.resolve_shards builds the phantom shards)"
         )
     base.train.storage_path = str(Path(base.train.storage_path).expanduser().resolve())
-    uri = resolve_uri(base.tracking.uri)
-    base.tracking.uri = uri  # trials run in other working directories
+    # Probed once here: trials run in other working directories, and each falling back on its own
+    # would scatter the sweep over per-trial stores its parent run cannot see.
+    uri = reachable_uri(resolve_uri(base.tracking.uri), workdir=base.train.storage_path)
+    base.tracking.uri = uri
     parent = open_run(
         uri,
         base.tracking.experiment,
