@@ -24,23 +24,44 @@ from usvs_dist.data import schema
 # splits follow from the salted hashes: this one gives the default phantom (8 scans, seed 0) one
 # patient in val and one in test, which periodic retrieval and held-out evaluation read.
 PHANTOM_SALT = b"usvs-phantom-not-a-secret-8"
-PHANTOM_REVISION = 2
+PHANTOM_REVISION = 3
 """Part of the cache key: bumped when the phantom's bytes change (2: burned-in text, masking and
-HMAC ids), so an older cache is rebuilt rather than reused."""
+HMAC ids; 3: planes told apart by the arrangement of shared structures under probe nuisance), so
+an older cache is rebuilt rather than reused."""
 
 
-def phantom_dir(cfg: PhantomConfig) -> Path:
+def phantom_dir(
+    cfg: PhantomConfig,
+    split_fractions: tuple[float, float, float] | None = None,
+    raw_fps: float | None = None,
+) -> Path:
     """Cache folder of the phantom shards for these settings (and this format/tool version)."""
     settings = {**asdict(cfg), "format": schema.FORMAT_VERSION, "tool": __version__}
     settings.pop("cache_dir")
     settings["revision"] = PHANTOM_REVISION
+    # Only when given, so the quickstart's cache keeps its key.
+    if split_fractions is not None:
+        settings["split_fractions"] = list(split_fractions)
+    if raw_fps is not None:
+        settings["raw_fps"] = raw_fps
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.cache_dir).expanduser() / f"phantom-{key}"
 
 
-def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
-    """Shard folder of the phantom data set, synthesising and building it on first use."""
-    root = phantom_dir(cfg)
+def ensure_phantom_shards(
+    cfg: PhantomConfig,
+    log=print,
+    *,
+    split_fractions: tuple[float, float, float] | None = None,
+    raw_fps: float | None = None,
+) -> Path:
+    """Shard folder of the phantom data set, synthesising and building it on first use.
+
+    `split_fractions` (train, val, test; default sharding's) and `raw_fps` (the synthesized scans'
+    frame rate; default the phantom's 15) are for corpora other than the quickstart's, such as
+    `bench learning`'s: a held-out split of several patients, rendered at the stored rate.
+    """
+    root = phantom_dir(cfg, split_fractions, raw_fps)
     shards = root / "shards"
     if (shards / schema.INDEX_NAME).is_file():
         return shards
@@ -54,6 +75,7 @@ def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
         seed=cfg.seed,
         speech_share=cfg.speech_share,
         log=log,
+        **({} if raw_fps is None else {"fps": raw_fps}),
     )
     salt = work / "salt"
     salt.write_bytes(PHANTOM_SALT)
@@ -61,7 +83,12 @@ def ensure_phantom_shards(cfg: PhantomConfig, log=print) -> Path:
         manifest,
         work / "shards",
         salt,
-        BuildOptions(clip_seconds=cfg.clip_seconds, fps=cfg.fps, size=cfg.size),
+        BuildOptions(
+            clip_seconds=cfg.clip_seconds,
+            fps=cfg.fps,
+            size=cfg.size,
+            **({} if split_fractions is None else {"split_fractions": tuple(split_fractions)}),
+        ),
         log=log,
     )
     # Publish atomically: a concurrent or interrupted build never leaves a half-made cache.
