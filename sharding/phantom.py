@@ -1,13 +1,23 @@
 """The phantom data set: deterministic B-mode-like fetal 'scans' with narration, labels and gaze.
 
-Each scan is a plan of segments over the 14 classes of usvs_format.PLANES. A plane
-segment shows that class's anatomy (ellipses, rings and bright lines at class-specific places and
-echogenicities, fixed across seeds so a class looks the same in every scan) inside an ultrasound
-sector with multiplicative speckle, depth attenuation and probe jitter; background segments show
-the probe searching. Text like a scanner's (name, date of birth, clinic) is burned into the
-corners outside the sector. For a share of plane segments the narration is 'about the plane': voiced
-syllables whose formants are specific to the class; otherwise it is unrelated chatter (random
-formants) or silence. Gaze follows the plane's key structure with jitter.
+Each scan is a plan of segments over the 14 classes of usvs_format.PLANES. Every plane shows the
+same four structures (a host ring, a bright disc, an anechoic cyst and a bright bar) with the same
+sizes and echogenicities; a plane is defined only by their arrangement: disc and cyst inside or
+outside the ring, the bar across its outline, inside it, or outside pointing at it or lying along
+it (PLANE_TOPOLOGIES), at places drawn once per plane (CLASS_SEED, fixed across seeds so a plane
+looks the same in every scan). What dominates the pixels is nuisance drawn per segment: where the
+anatomy lies in the sector and how deep, zoom, the probe's turn, gain and depth attenuation, tissue
+texture, acoustic shadows, neighbouring structures and speckle; the anatomy is often cut by the
+sector's edge. Within a segment the pose and gain drift slowly (an AR(1) walk, DRIFT_SECONDS), so
+frames close in time share their view, which is what self-supervision can exploit. So a randomly
+initialised encoder's features do not tell planes apart (mean brightness says nothing of the
+plane), and learnt ones can. Background segments show the probe searching: the same structures
+without the host ring, rearranged about once a second.
+
+Text like a scanner's (name, date of birth, clinic) is burned into the corners outside the sector.
+For a share of plane segments the narration is 'about the plane': voiced syllables whose formants
+are specific to the class; otherwise it is unrelated chatter (random formants) or silence. Gaze
+follows the plane's key structure (the host ring's centre; while searching, the first structure).
 
 Everything is drawn from `numpy.random.default_rng` streams derived from (seed, scan), so the same
 seed gives the same arrays and, with a fixed encoder thread count, the same bytes.
@@ -16,6 +26,7 @@ seed gives the same arrays and, with a fixed encoder thread count, the same byte
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -62,20 +73,126 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(list(key)))
 
 
-def _class_anatomy(label: int) -> list[tuple]:
-    """Primitives of a class in sector coordinates (x in [-1,1], depth in [0,1])."""
-    rng = _rng(CLASS_SEED, label)
-    prims: list[tuple] = []
-    kinds = ("ellipse", "ring", "line")
-    n = 2 + label % 3
-    for k in range(n):
-        kind = kinds[(label + k) % 3] if k else kinds[label % 2]  # the key structure: ellipse or ring
-        cx, cy = rng.uniform(-0.35, 0.35), rng.uniform(0.3, 0.75)
-        ax, ay = rng.uniform(0.08, 0.25), rng.uniform(0.06, 0.2)
-        angle = rng.uniform(0, np.pi)
-        echo = rng.choice([0.05, 0.6, 1.4, 2.2])
-        prims.append((kind, cx, cy, ax, ay, angle, echo))
-    return prims
+@dataclass(frozen=True)
+class Structure:
+    """One structure in anatomy coordinates: the host ring's major semi-axis is 1, its centre 0."""
+
+    kind: str
+    """'ring' (an ellipse's outline), 'disc' (a filled ellipse) or 'line' (a thin bar)."""
+    x: float
+    y: float
+    a: float
+    """Semi-axis along `angle` (a line's half length)."""
+    b: float
+    """The other semi-axis (a line's half thickness)."""
+    angle: float
+    echo: float
+    """Echogenicity relative to the segment's tissue level."""
+
+
+HOST_MINOR = 0.72
+"""Minor/major semi-axis ratio of the host ring that every plane's other structures sit around."""
+RING_INNER = 0.7
+"""A ring is the part of its ellipse beyond this squared relative radius."""
+REACH = 2.2
+"""How far from the host's centre (in its major semi-axes) a plane's structures reach."""
+# Every plane has the same four structures with the same sizes and echogenicities: (kind, semi-axis
+# a, semi-axis b, echo). A plane is told from another only by where the disc, the cyst and the bar
+# lie relative to the ring and to each other.
+HOST = ("ring", 1.0, HOST_MINOR, 3.0)
+DISC = ("disc", 0.24, 0.24, 4.5)
+CYST = ("disc", 0.32, 0.26, 0.08)
+BAR = ("line", 0.5, 0.09, 5.0)
+PLANE_TOPOLOGIES = (
+    (True, True, "across"),
+    (True, False, "across"),
+    (False, True, "across"),
+    (False, False, "across"),
+    (True, False, "inside"),
+    (False, True, "inside"),
+    (False, False, "inside"),
+    (True, True, "radial"),
+    (True, False, "radial"),
+    (False, True, "radial"),
+    (True, True, "tangential"),
+    (True, False, "tangential"),
+    (False, True, "tangential"),
+)
+"""Per plane: disc inside the ring, cyst inside the ring, and where the bar lies (across the
+ring's outline, inside it, or outside pointing at it or lying along it). Within a topology the
+places are drawn once per plane (CLASS_SEED), so planes that share one still differ."""
+
+
+def _outline_point(phi: float) -> tuple[np.ndarray, np.ndarray]:
+    """A point of the host's outline and the outward unit vector there (from the centre)."""
+    p = np.array([np.cos(phi), HOST_MINOR * np.sin(phi)])
+    return p, p / np.linalg.norm(p)
+
+
+def _spot(rng: np.random.Generator, inside: bool) -> np.ndarray:
+    """A centre well inside the host ring or well outside it (never on its outline)."""
+    rho = rng.uniform(0.0, 0.45) if inside else rng.uniform(1.5, 1.75)
+    phi = rng.uniform(-np.pi, np.pi)
+    return rho * np.array([np.cos(phi), HOST_MINOR * np.sin(phi)])
+
+
+def _bar(rng: np.random.Generator, place: str) -> tuple[np.ndarray, float]:
+    """Centre and direction of the bar for one of the places of PLANE_TOPOLOGIES."""
+    if place == "inside":
+        return _spot(rng, True) * 0.6, rng.uniform(0, np.pi)
+    p, n = _outline_point(rng.uniform(-np.pi, np.pi))
+    radial = float(np.arctan2(n[1], n[0]))
+    if place == "across":
+        return p, radial
+    if place == "radial":
+        return p + n * (0.2 + BAR[1]), radial
+    return p + n * 0.4, radial + np.pi / 2
+
+
+def _segment_distance(point: np.ndarray, centre: np.ndarray, angle: float) -> float:
+    d = point - centre
+    u = np.array([np.cos(angle), np.sin(angle)])
+    along = np.clip(d @ u, -BAR[1], BAR[1])
+    return float(np.linalg.norm(d - along * u))
+
+
+def _place(rng: np.random.Generator, topology: tuple[bool, bool, str]) -> list[Structure]:
+    """The host ring, disc, cyst and bar in `topology`, none touching another."""
+    disc_in, cyst_in, bar_place = topology
+    while True:
+        disc, cyst = _spot(rng, disc_in), _spot(rng, cyst_in)
+        bar, angle = _bar(rng, bar_place)
+        if (
+            np.linalg.norm(disc - cyst) > DISC[1] + CYST[1] + 0.15
+            and _segment_distance(disc, bar, angle) > DISC[1] + 0.15
+            and _segment_distance(cyst, bar, angle) > CYST[1] + 0.15
+        ):
+            break
+    return [
+        Structure(HOST[0], 0.0, 0.0, HOST[1], HOST[2], 0.0, HOST[3]),
+        Structure(DISC[0], *disc, DISC[1], DISC[2], 0.0, DISC[3]),
+        Structure(CYST[0], *cyst, CYST[1], CYST[2], 0.0, CYST[3]),
+        Structure(BAR[0], *bar, BAR[1], BAR[2], angle, BAR[3]),
+    ]
+
+
+@functools.cache
+def _class_anatomy(label: int) -> list[Structure]:
+    """The structures of plane `label` in anatomy coordinates; the first (the host ring) is its key."""
+    return _place(_rng(CLASS_SEED, label), PLANE_TOPOLOGIES[label])
+
+
+def _distractors(rng: np.random.Generator) -> list[Structure]:
+    """Other tissue around the anatomy, beyond its reach: same kinds, random sizes and echoes."""
+    out = []
+    for _ in range(int(rng.integers(NUISANCE["distractors"][0], NUISANCE["distractors"][1] + 1))):
+        r, phi = rng.uniform(REACH + 0.4, REACH + 2.0), rng.uniform(-np.pi, np.pi)
+        kind = ("ring", "disc", "line")[int(rng.integers(3))]
+        a = rng.uniform(0.25, 0.8)
+        b = a * rng.uniform(0.5, 1.0) if kind != "line" else 0.07
+        echo = float(rng.choice([0.08, 2.0, 3.0, 4.5]))
+        out.append(Structure(kind, r * np.cos(phi), r * np.sin(phi), a, b, rng.uniform(0, np.pi), echo))
+    return out
 
 
 def _class_formants(label: int) -> np.ndarray:
@@ -130,46 +247,43 @@ class _Renderer:
         self.r = np.hypot(self.x, self.y)
         self.theta = np.arctan2(self.x, self.y)
         self.sector = (np.abs(self.theta) < SECTOR_HALF_ANGLE) & (self.r < 1.0) & (self.r > 0.08)
-        self.attenuation = np.exp(-1.2 * self.r).astype(np.float32)
 
-    def frame(
-        self, prims: list[tuple], dx: float, dy: float, rot: float, rng: np.random.Generator
-    ) -> np.ndarray:
-        c, s = np.cos(rot), np.sin(rot)
-        xr = c * (self.x - dx) - s * (self.y - dy)
-        yr = s * (self.x - dx) + c * (self.y - dy)
-        tissue = np.full(self.x.shape, 0.35, np.float32)
-        for kind, cx, cy, ax, ay, angle, echo in prims:
-            ca, sa = np.cos(angle), np.sin(angle)
-            u = (ca * (xr - cx) + sa * (yr - cy)) / ax
-            v = (-sa * (xr - cx) + ca * (yr - cy)) / ay
-            d = u * u + v * v
-            if kind == "ellipse":
-                tissue = np.where(d < 1.0, echo, tissue)
-            elif kind == "ring":
-                tissue = np.where((d < 1.0) & (d > 0.6), echo + 0.8, tissue)
+    def frame(self, view: View, rng: np.random.Generator) -> np.ndarray:
+        """[H, W] uint8: the view's structures under its probe pose, gain, shadows and speckle."""
+        c, s = np.cos(view.rot), np.sin(view.rot)
+        dx, dy = self.x - view.cx, self.y - view.cy
+        # Anatomy coordinates of every pixel: the probe's pose undone.
+        u = (c * dx + s * dy) / view.zoom
+        v = (-s * dx + c * dy) / view.zoom
+        texture = 1.0 + sum(amp * np.cos(ku * u + kv * v + ph) for ku, kv, amp, ph in view.texture)
+        echo = np.ones(self.x.shape, np.float32)
+        for st in view.structures:
+            ca, sa = np.cos(st.angle), np.sin(st.angle)
+            p = (ca * (u - st.x) + sa * (v - st.y)) / st.a
+            q = (-sa * (u - st.x) + ca * (v - st.y)) / st.b
+            if st.kind == "line":
+                inside = (np.abs(q) < 1.0) & (np.abs(p) < 1.0)
             else:
-                tissue = np.where((np.abs(v) < 0.12) & (np.abs(u) < 1.0), echo + 1.5, tissue)
+                d = p * p + q * q
+                inside = (d < 1.0) & (d > RING_INNER) if st.kind == "ring" else d < 1.0
+            echo = np.where(inside, st.echo, echo)
+        shade = np.ones(self.x.shape, np.float32)
+        for angle, half_width, start, depth in view.shadows:
+            # An acoustic shadow: a dark band along the beam from `start` on, soft at its sides.
+            across = np.clip(1.5 - np.abs(self.theta - angle) / half_width, 0.0, 1.0)
+            shade *= 1.0 - depth * across * (self.r > start)
+        tissue = view.tissue * view.gain * texture * echo * shade * np.exp(-view.attenuation * self.r)
         speckle = rng.rayleigh(0.8, self.x.shape).astype(np.float32)
-        img = tissue * speckle * self.attenuation
-        img = np.log1p(6.0 * img) / np.log1p(6.0 * 3.0)
+        img = np.log1p(6.0 * tissue * speckle) / np.log1p(6.0 * 3.0)
         img = np.clip(img * 255.0, 0, 255) * self.sector
         return img.astype(np.uint8)
 
-
-def _background_prims(rng: np.random.Generator) -> list[tuple]:
-    return [
-        (
-            "ellipse",
-            rng.uniform(-0.4, 0.4),
-            rng.uniform(0.3, 0.8),
-            rng.uniform(0.05, 0.3),
-            rng.uniform(0.05, 0.2),
-            rng.uniform(0, np.pi),
-            rng.choice([0.1, 0.8, 1.5]),
-        )
-        for _ in range(int(rng.integers(1, 4)))
-    ]
+    def to_image(self, view: View, x: float, y: float) -> tuple[float, float]:
+        """Image coordinates in [0, 1] of anatomy point (x, y) under the view's pose."""
+        c, s = np.cos(view.rot), np.sin(view.rot)
+        sx = view.cx + view.zoom * (c * x - s * y)
+        sy = view.cy + view.zoom * (s * x + c * y)
+        return sx * 0.5 + 0.5, sy * 1.08 - 0.08
 
 
 BURNED_IN_TEXT = ("DOE^JANE", "03/14/87", "CLINIC", "ID{index:04d}")
@@ -199,35 +313,126 @@ def burned_in_text(spec: ScanSpec) -> np.ndarray:
     return np.where(clear, 0, np.asarray(layer)).astype(np.uint8)
 
 
+@dataclass
+class View:
+    """What one frame shows: structures in anatomy coordinates and the probe's pose and settings."""
+
+    structures: list[Structure]
+    cx: float
+    """Where the anatomy's centre lies in the sector (x in [-1, 1])."""
+    cy: float
+    """Its depth in the sector ([0, 1])."""
+    zoom: float
+    """Sector units per anatomy unit: the host ring's major semi-axis on screen."""
+    rot: float
+    gain: float
+    tissue: float
+    """Echo level of plain tissue."""
+    attenuation: float
+    """Depth attenuation exp(-attenuation * r): how the gain curve falls off."""
+    texture: list[tuple[float, float, float, float]]
+    """Slow tissue texture: (ku, kv, amplitude, phase) cosines in anatomy coordinates."""
+    shadows: list[tuple[float, float, float, float]]
+    """Acoustic shadows: (beam angle, half width, start depth, darkening)."""
+
+
+NUISANCE = {"zoom": (0.36, 0.46), "turn": 0.25, "gain": (0.7, 1.4), "shadows": 1, "distractors": (0, 1)}
+"""Ranges of what is drawn per segment: zoom (the host ring's major semi-axis in sector units),
+turn of the probe (radians either way), overall gain, the most acoustic shadows, and the least
+and most neighbouring structures."""
+DRIFT_SECONDS = 1.5
+"""Time constant of the probe's drift within a segment: frames a second apart share most of it."""
+DRIFT = {"cx": 0.03, "cy": 0.03, "log_zoom": 0.05, "rot": 0.07, "log_gain": 0.1}
+"""Stationary spread of each pose and gain coordinate around its segment's draw."""
+
+
+class _Probe:
+    """The nuisance of one segment: pose, gain, depth curve, texture, shadows and neighbouring
+    tissue drawn at its start (how this sonographer found this view), then drifting slowly."""
+
+    def __init__(self, rng: np.random.Generator, fps: float, searching: bool):
+        depth = rng.uniform(0.35, 0.75)
+        self.mean = {
+            "cx": depth * np.tan(SECTOR_HALF_ANGLE) * rng.uniform(-0.7, 0.7),
+            "cy": depth,
+            "log_zoom": rng.uniform(*np.log(NUISANCE["zoom"])),
+            "rot": rng.uniform(-NUISANCE["turn"], NUISANCE["turn"]),
+            "log_gain": rng.uniform(*np.log(NUISANCE["gain"])),
+        }
+        # Searching (background) moves faster and further than holding a plane.
+        self.spread = {k: s * (2.0 if searching else 1.0) for k, s in DRIFT.items()}
+        self.dev = {k: s * rng.normal() for k, s in self.spread.items()}
+        self.rho = float(np.exp(-1.0 / (fps * DRIFT_SECONDS * (0.4 if searching else 1.0))))
+        self.tissue = rng.uniform(0.25, 0.5)
+        self.attenuation = rng.uniform(0.5, 2.2)
+        self.texture = [
+            (k * np.cos(d), k * np.sin(d), rng.uniform(0.05, 0.15), rng.uniform(0, 2 * np.pi))
+            for k, d in zip(rng.uniform(1.5, 5.0, 3), rng.uniform(0, np.pi, 3), strict=True)
+        ]
+        self.shadows = [
+            [rng.uniform(-0.5, 0.5), rng.uniform(0.03, 0.1), rng.uniform(0.2, 0.7), rng.uniform(0.4, 0.85)]
+            for _ in range(int(rng.integers(0, NUISANCE["shadows"] + 1)))
+        ]
+        self.distractors = _distractors(rng)
+
+    def step(self, rng: np.random.Generator) -> None:
+        """One frame of drift (an AR(1) walk around the segment's draw)."""
+        keep = np.sqrt(1.0 - self.rho**2)
+        for k, s in self.spread.items():
+            self.dev[k] = self.rho * self.dev[k] + s * keep * rng.normal()
+        for shadow in self.shadows:
+            shadow[0] += 0.01 * rng.normal()
+
+    def view(self, structures: list[Structure]) -> View:
+        """The current frame's view of `structures` with this segment's neighbouring tissue."""
+        at = {k: self.mean[k] + self.dev[k] for k in self.mean}
+        return View(
+            structures + self.distractors,
+            at["cx"],
+            at["cy"],
+            float(np.exp(at["log_zoom"])),
+            at["rot"],
+            float(np.exp(at["log_gain"])),
+            self.tissue,
+            self.attenuation,
+            self.texture,
+            [tuple(s) for s in self.shadows],
+        )
+
+
+def _search_layout(rng: np.random.Generator) -> list[Structure]:
+    """What the probe passes over while searching: a plane's disc, cyst and bar without its ring."""
+    return _place(rng, PLANE_TOPOLOGIES[int(rng.integers(N_PLANES))])[1:]
+
+
 def render_video(spec: ScanSpec) -> tuple[np.ndarray, np.ndarray]:
     """Frames [T, H, W] uint8 with the burned-in text, and gaze [T, 2] in [0, 1] (x, y in image
-    coordinates)."""
+    coordinates) on the key structure: a plane's host ring, else the first structure in view."""
     rng = _rng(spec.seed, spec.index, 2)
     renderer = _Renderer(spec.size)
     text_HW = burned_in_text(spec)
     labels = frame_labels(spec)
     n = len(labels)
+    times = np.arange(n) / spec.fps
+    segment_of = np.searchsorted([s.start for s in spec.segments], times, side="right") - 1
     frames = np.empty((n, spec.size, spec.size), np.uint8)
     gaze = np.empty((n, 2), np.float32)
-    # Probe jitter: a slow random walk in position and angle, pulled back to the centre.
-    pos = np.zeros(3)
-    background = _background_prims(rng)
+    probe, current, searched = None, -1, []
     for t in range(n):
-        pos = 0.9 * pos + rng.normal(0, [0.01, 0.008, 0.02])
-        if labels[t] == BACKGROUND:
-            if rng.random() < 0.1:
-                background = _background_prims(rng)
-            prims = background
+        searching = labels[t] == BACKGROUND
+        if segment_of[t] != current:
+            current = int(segment_of[t])
+            probe = _Probe(rng, spec.fps, searching)
+            searched = _search_layout(rng)
         else:
-            prims = _class_anatomy(int(labels[t]))
-        frames[t] = np.maximum(renderer.frame(prims, pos[0], pos[1], pos[2], rng), text_HW)
-        key = prims[0]
-        c, s = np.cos(-pos[2]), np.sin(-pos[2])
-        kx = c * key[1] - s * key[2] + pos[0]
-        ky = s * key[1] + c * key[2] + pos[1]
-        gx = kx * 0.5 + 0.5 + rng.normal(0, 0.02)
-        gy = ky * 1.08 - 0.08 + rng.normal(0, 0.02)
-        gaze[t] = np.clip([gx, gy], 0.0, 1.0)
+            probe.step(rng)
+        if searching and rng.random() < 1.0 / spec.fps:  # about once a second, something else
+            searched = _search_layout(rng)
+        structures = searched if searching else _class_anatomy(int(labels[t]))
+        view = probe.view(structures)
+        frames[t] = np.maximum(renderer.frame(view, rng), text_HW)
+        gx, gy = renderer.to_image(view, structures[0].x, structures[0].y)
+        gaze[t] = np.clip(np.array([gx, gy]) + rng.normal(0, 0.02, 2), 0.0, 1.0)
     return frames, gaze
 
 

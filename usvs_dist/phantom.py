@@ -25,24 +25,34 @@ from usvs_dist.data import schema
 # phantom (12 scans, seed 0, shares 0.55/0.1/0.35) 5 patients in train, 1 in val (periodic
 # retrieval) and 6 in test (held-out plane detection needs eval.folds=5 scans there).
 PHANTOM_SALT = b"usvs-phantom-not-a-secret-8"
-PHANTOM_REVISION = 2
+PHANTOM_REVISION = 3
 """Part of the cache key: bumped when the phantom's bytes change (2: burned-in text, masking and
-HMAC ids), so an older cache is rebuilt rather than reused."""
+HMAC ids; 3: planes told apart by the arrangement of shared structures under probe nuisance), so
+an older cache is rebuilt rather than reused."""
 
 
-def phantom_dir(cfg: PhantomConfig) -> Path:
+def phantom_dir(cfg: PhantomConfig, raw_fps: float | None = None) -> Path:
     """Cache folder of the phantom shards for these settings (and this format/tool version)."""
     settings = {**asdict(cfg), "format": schema.FORMAT_VERSION, "tool": __version__}
     settings.pop("cache_dir")
     settings["revision"] = PHANTOM_REVISION
+    # Only when given, so the quickstart's cache keeps its key.
+    if raw_fps is not None:
+        settings["raw_fps"] = raw_fps
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.cache_dir).expanduser() / f"phantom-{key}"
 
 
-def ensure_phantom_shards(cfg: PhantomConfig, log=print, workers: int = 1) -> Path:
+def ensure_phantom_shards(
+    cfg: PhantomConfig, log=print, workers: int = 1, *, raw_fps: float | None = None
+) -> Path:
     """Shard folder of the phantom data set, synthesising and building it on first use (cutting
-    scans on `workers` processes; the shards' bytes do not depend on it)."""
-    root = phantom_dir(cfg)
+    scans on `workers` processes; the shards' bytes do not depend on it).
+
+    `raw_fps` (the synthesized scans' frame rate; default the phantom's 15) is for corpora other
+    than the quickstart's, such as `bench learning`'s, rendered at the rate they are stored at.
+    """
+    root = phantom_dir(cfg, raw_fps)
     shards = root / "shards"
     if (shards / schema.INDEX_NAME).is_file():
         return shards
@@ -57,6 +67,7 @@ def ensure_phantom_shards(cfg: PhantomConfig, log=print, workers: int = 1) -> Pa
         seed=cfg.seed,
         speech_share=cfg.speech_share,
         log=log,
+        **({} if raw_fps is None else {"fps": raw_fps}),
     )
     salt = work / "salt"
     salt.write_bytes(PHANTOM_SALT)

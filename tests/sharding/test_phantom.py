@@ -98,3 +98,65 @@ def test_the_default_phantoms_patients_fall_in_every_split():
     )
     assert splits["train"] >= 5 and splits["val"] >= 1
     assert cfg.eval.plane_splits == ["test"] and splits["test"] >= cfg.eval.folds
+
+
+def test_every_plane_has_the_same_structures_in_its_own_arrangement():
+    from sharding.phantom import N_PLANES, _class_anatomy
+
+    def parts(label):
+        return sorted((s.kind, s.a, s.b, s.echo) for s in _class_anatomy(label))
+
+    def places(label):
+        return np.array([(s.x, s.y) for s in _class_anatomy(label)])
+
+    assert all(parts(label) == parts(0) for label in range(N_PLANES))
+    for a in range(N_PLANES):
+        for b in range(a):
+            # Some structure sits elsewhere relative to the host ring (ring sizes of the disc).
+            assert np.abs(places(a) - places(b)).max() > 0.3, (a, b)
+
+
+def _segment_frames(scans: int, seconds: float, fps: float, size: int):
+    from sharding.phantom import _Renderer, render_video
+
+    sector = _Renderer(size).sector
+    for scan in range(scans):
+        spec = make_spec(0, scan, seconds, fps, size, 16000, 0.8)
+        frames, _ = render_video(spec)
+        times = np.arange(len(frames)) / fps
+        for seg in spec.segments:
+            rows = (times >= seg.start) & (times < seg.end)
+            if seg.label != BACKGROUND and rows.sum() >= 2:
+                yield seg.label, frames[rows], sector
+
+
+def test_brightness_tells_nothing_of_the_plane_nuisance_dominates():
+    """Segment mean brightness varies within a plane (gain, depth, shadows) more than between planes'
+    averages; the phantom before this one gave each plane its own echogenicities (ratio ~7)."""
+    means: dict[int, list[float]] = {}
+    for label, frames, sector in _segment_frames(6, 60.0, 2.0, 32):
+        means.setdefault(label, []).append(float(frames[:, sector].mean()))
+    plane_means = np.array([np.mean(v) for v in means.values()])
+    within = np.sqrt(np.mean([np.var(v) for v in means.values() if len(v) > 1]))
+    assert len(means) >= 10 and within > 5.0
+    assert plane_means.std() < 1.5 * within
+
+
+def test_neighbouring_frames_of_a_segment_share_their_anatomy():
+    """The nuisance drifts slowly within a segment: frames 0.25 s apart look alike (speckle blurred
+    away), two segments of the same plane much less so."""
+    from scipy import ndimage
+
+    def smooth(frame, sector):
+        # Inside the sector only: its fan outline alone would make any two frames alike.
+        return ndimage.uniform_filter(frame.astype(np.float32), 5)[sector]
+
+    near, apart, first = [], [], {}
+    for label, frames, sector in _segment_frames(4, 40.0, 4.0, 64):
+        near.append(np.corrcoef(smooth(frames[0], sector), smooth(frames[1], sector))[0, 1])
+        if label in first:
+            apart.append(np.corrcoef(first[label], smooth(frames[0], sector))[0, 1])
+        first.setdefault(label, smooth(frames[0], sector))
+    assert len(apart) >= 2
+    print(f"near {np.mean(near):.3f}, apart {np.mean(apart):.3f}")
+    assert np.mean(near) > 0.8 and np.mean(near) > np.mean(apart) + 0.3

@@ -2,7 +2,8 @@
 `python -m usvs_dist.bench loss [--world W] [--batch B] [--dim D] [--device cpu|cuda]` and
 `python -m usvs_dist.bench loader [SHARDS] [--clips N] [section.key=value ...]` and
 `python -m usvs_dist.bench batches [SHARDS] [--world W] [--epochs E] [section.key=value ...]` and
-`python -m usvs_dist.bench gpu [SHARDS] [--steps N] [--budget S] [--no-tests] [section.key=value ...]`."""
+`python -m usvs_dist.bench gpu [SHARDS] [--steps N] [--budget S] [--no-tests] [section.key=value ...]` and
+`python -m usvs_dist.bench learning [--seed S] [--steps N] [--budget S] [--recipes R,...] [key=value ...]`."""
 
 from __future__ import annotations
 
@@ -48,6 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--budget", type=float, default=480.0, help="seconds for all stages together")
     gpu.add_argument("--no-tests", dest="tests", action="store_false", help="skip `pytest -m gpu`")
     gpu.add_argument("overrides", nargs="*", metavar="section.key=value")
+    learning = sub.add_parser(
+        "learning", help="linear plane probe after each recipe's pretraining vs random init (phantom, CPU)"
+    )
+    learning.add_argument("--seed", type=int, default=0, help="training, loader and probe seed")
+    learning.add_argument("--steps", type=int, default=400, help="pretraining steps per recipe (at most)")
+    learning.add_argument(
+        "--budget", type=float, default=540.0, help="seconds of pretraining for all recipes, shared equally"
+    )
+    learning.add_argument(
+        "--recipes",
+        default="usvs2020,isbi2020,dual2024,awcl2022",
+        help="comma-separated recipes to pretrain",
+    )
+    learning.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
     if args.bench in ("loader", "batches", "gpu") and args.shards and "=" in args.shards:
         args.overrides.insert(0, args.shards)  # no folder given: the first word is an override
@@ -64,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         from usvs_dist.bench import gpu as gpu_bench
 
         return gpu_bench.run(args.shards, args.overrides, args.steps, args.budget, args.tests)
+    elif args.bench == "learning":
+        from usvs_dist.bench import learning as learning_bench
+
+        recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+        try:
+            learning_bench.run(recipes, args.seed, args.steps, args.budget, args.overrides)
+        except ValueError as exc:
+            print(f"bench learning: {exc}", file=sys.stderr)
+            return 2
     elif args.bench == "step":
         from usvs_dist.bench import step as step_bench
 
