@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import random
 import statistics
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,13 @@ def scan_folds(scans: list[str], k: int, seed: int) -> list[list[int]]:
     random.Random(seed).shuffle(distinct)
     fold_of = {scan: n % k for n, scan in enumerate(distinct)}
     return [[i for i, s in enumerate(scans) if fold_of[s] == f] for f in range(k)]
+
+
+def fold_rows(folds: list[list[int]], n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(train rows, test rows) of each fold of `scan_folds` over n rows: the fold, and the rest."""
+    for test_rows in folds:
+        held_out = set(test_rows)
+        yield torch.tensor([i for i in range(n) if i not in held_out]), torch.tensor(test_rows)
 
 
 @torch.no_grad()
@@ -161,10 +169,7 @@ def plane_detection(
         per_fold: list[dict[str, float]] = []
         confusion = torch.zeros(classes, classes, dtype=torch.long)
         with progress(len(folds), f"{desc} {protocol}") as advance:
-            for test_rows in folds:
-                test = torch.tensor(test_rows)
-                held_out = set(test_rows)
-                train = torch.tensor([i for i in range(len(scans)) if i not in held_out])
+            for train, test in fold_rows(folds, len(scans)):
                 if protocol == "linear":
                     pred = linear_probe(
                         feats[train],

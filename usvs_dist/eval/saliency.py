@@ -22,7 +22,7 @@ from torch import nn
 from usvs_dist.config.schema import EvalConfig
 from usvs_dist.eval import metrics
 from usvs_dist.eval.device import autocast, module_device
-from usvs_dist.eval.probe import scan_folds
+from usvs_dist.eval.probe import fold_rows, scan_folds
 from usvs_dist.eval.progress import progress
 
 MAP_SIZE = 32
@@ -239,10 +239,7 @@ def saliency(
             continue
         per_fold: dict[str, list[float]] = {"kld": [], "sim": [], "nss": [], "cc": []}
         with progress(len(folds), f"{desc} {protocol}") as advance:
-            for test_rows in folds:
-                test = torch.tensor(test_rows)
-                held_out = set(test_rows)
-                train = torch.tensor([i for i in range(len(scans)) if i not in held_out])
+            for train, test in fold_rows(folds, len(scans)):
                 if protocol == "linear":
                     decoder = train_decoder(maps[train], truth[train], cfg, device)
                     pred = predict(decoder, maps[test], cfg.batch_size)
