@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.eval.fakes import RecordingTracker
 from tests.eval.test_protocols import Flatten, _planes_data
 from usvs_dist.config import EvalConfig, load_config
 from usvs_dist.config.load import to_yaml
@@ -50,24 +51,6 @@ def checkpoint(tmp_path) -> Path:
     return folder
 
 
-class Recorder:
-    """Stands in for MlflowTracker: keeps what the entry logs."""
-
-    logged: dict[str, float] = {}
-
-    def __init__(self, uri: str, run_id: str):
-        Recorder.logged = {}
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        Recorder.logged.update(metrics)
-
-    def log_artifact(self, path, folder) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _metrics_table(report_md: str) -> str:
     """The report's metric rows (what a device must not change), without the wall times."""
     return report_md.split("Gain:")[0]
@@ -82,7 +65,7 @@ def test_cpu_equals_the_default_and_progress_is_plain_lines_with_wall_times(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto is the CPU, on any machine
     (checkpoint / RUN_FILE).write_text(json.dumps({"tracking_uri": "sqlite:///x.db", "mlflow_run_id": "r"}))
-    monkeypatch.setattr("usvs_dist.tracking.MlflowTracker", Recorder)
+    monkeypatch.setattr("usvs_dist.tracking.MlflowTracker", RecordingTracker)
     base = ["--checkpoint", str(checkpoint), "--shards", str(phantom_shards), "--task", "planes"]
 
     assert evaluate_main([*base, "--task", "retrieval", "--out", "auto", *FAST]) == 0
@@ -95,9 +78,11 @@ def test_cpu_equals_the_default_and_progress_is_plain_lines_with_wall_times(
     for task in ("planes", "retrieval"):
         row = next(line for line in default_report.splitlines() if line.startswith(f"| {task} |"))
         assert row.count(" s |") == 2  # pretrained and random wall times
-    assert Recorder.logged["downstream_time/planes_s"] > 0
-    assert "downstream_time/retrieval_s" in Recorder.logged
-    assert "downstream_time/saliency_s" not in Recorder.logged  # not asked for
+    assert RecordingTracker.logged["downstream_time/planes_s"] > 0
+    assert "downstream_time/retrieval_s" in RecordingTracker.logged
+    assert "downstream_time/saliency_s" not in RecordingTracker.logged  # not asked for
+    assert (Path("auto") / "report.md", "downstream") in RecordingTracker.artifacts
+    assert RecordingTracker.closed
 
     assert evaluate_main([*base, "--task", "retrieval", "--out", "cpu", "--device", "cpu", *FAST]) == 0
     capsys.readouterr()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.data.shardkit import phantom_samples
+from tests.eval.fakes import RecordingTracker
 from usvs_dist.config import EvalConfig, load_config, to_yaml
 from usvs_dist.data import schema
 from usvs_dist.data.decode import ClipDecoder
@@ -173,24 +174,6 @@ def _checkpoint(folder: Path, cfg) -> Path:
     return folder
 
 
-class _Tracker:
-    """Stands in for MlflowTracker: records what the entry logs."""
-
-    logged: dict[str, float] = {}
-
-    def __init__(self, uri: str, run_id: str):
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        _Tracker.logged = dict(metrics)
-
-    def log_artifact(self, path, folder) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _perturbed_image_weights(cfg, path: Path) -> dict[str, torch.Tensor]:
     """A tiny image encoder's state dict, every float tensor + 0.25, saved at `path`."""
     torch.manual_seed(123)
@@ -208,7 +191,7 @@ def test_a_test_only_shard_set_evaluates_with_a_weights_init_column(
 ):
     import usvs_dist.tracking as tracking
 
-    monkeypatch.setattr(tracking, "MlflowTracker", _Tracker)
+    monkeypatch.setattr(tracking, "MlflowTracker", RecordingTracker)
     cfg = load_config(None, TINY)
     ckpt = _checkpoint(tmp_path / "ckpt", cfg)
     weights = tmp_path / "weights" / "tiny-imagenet.pt"
@@ -237,7 +220,7 @@ def test_a_test_only_shard_set_evaluates_with_a_weights_init_column(
     }
     assert rows["planes/video/linear/f1"][3] == rows["planes/video/linear/f1"][5] == "—"
     assert rows["planes/image/linear/f1"][3] != "—" and rows["planes/image/linear/f1"][5] != "—"
-    logged = _Tracker.logged
+    logged = RecordingTracker.logged
     assert "downstream_init/planes/image/linear/f1" in logged
     assert "downstream_gain_init/planes/image/linear/f1" in logged
     assert not any(k.startswith("downstream_init/planes/video") for k in logged)
@@ -256,7 +239,9 @@ def test_a_test_only_shard_set_evaluates_with_a_weights_init_column(
     report = (out / "report.md").read_text()
     assert "| metric | pretrained | random init | gain |" in report and "gain vs" not in report
     assert "no weights-init baseline" in report
-    assert not any(k.startswith(("downstream_init/", "downstream_gain_init/")) for k in _Tracker.logged)
+    assert not any(
+        k.startswith(("downstream_init/", "downstream_gain_init/")) for k in RecordingTracker.logged
+    )
 
 
 def test_a_weights_file_missing_here_names_the_key_and_how_to_leave_the_baseline_out(
