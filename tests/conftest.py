@@ -106,3 +106,25 @@ def video_only_shards(salt_file, tmp_path_factory) -> Path:
 def mixed_shards(salt_file, tmp_path_factory) -> Path:
     """Shards of 6 phantom scans, the last 2 without narration, in the 4-class lung vocabulary."""
     return clinical_shards(tmp_path_factory.mktemp("mixed"), salt_file, video_only_scans=2)
+
+
+REQUIRE_DECODERS = "USVS_TEST_REQUIRE_DECODERS"
+"""Set (by .ci/run) to a comma-separated list of decoders whose tests must run, not skip."""
+
+
+def decoder_or_skip(name: str) -> str:
+    """`name` when this machine can decode with it; else the test skips (fails where CI requires it)."""
+    from usvs_dist.data.backends import torchcodec_unusable
+
+    why = torchcodec_unusable() if name == "torchcodec" else None
+    if why is not None:
+        if name in os.environ.get(REQUIRE_DECODERS, "").split(","):
+            pytest.fail(f"{REQUIRE_DECODERS} requires {name}: {why}")
+        pytest.skip(why)
+    return name
+
+
+@pytest.fixture(params=["decord", "torchcodec"])
+def decoder(request) -> str:
+    """Each decoder backend (`data.decoder`) in turn; TorchCodec where it and FFmpeg are installed."""
+    return decoder_or_skip(request.param)

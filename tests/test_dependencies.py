@@ -86,7 +86,16 @@ def test_every_dependency_has_a_ceiling_at_the_next_major_of_the_tested_version(
 def test_constraints_pin_every_dependency_ci_installs():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    tested = [*project["dependencies"], *extras["dev"], *extras["s3"]]
+    ci = (ROOT / ".ci" / "run").read_text()
+    installed = re.search(r'pip install -e "\.\[([a-z0-9,]+)\]" -c constraints\.txt', ci)
+    assert installed, ".ci/run installs the project with its extras and constraints.txt"
+    tested = [*project["dependencies"], *(r for e in installed.group(1).split(",") for r in extras[e])]
     unpinned = sorted({_name(r) for r in tested} - set(_pins()))
     assert not unpinned, f"constraints.txt pins none of {unpinned}"
-    assert "-c constraints.txt" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ci_installs_both_decoders_and_requires_their_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "torchcodec" in re.search(r'pip install -e "\.\[([a-z0-9,]+)\]"', ci).group(1)
+    assert "apt-get install" in ci and " ffmpeg" in ci  # the system FFmpeg TorchCodec loads
+    assert re.search(r"USVS_TEST_REQUIRE_DECODERS=\S*torchcodec", ci)

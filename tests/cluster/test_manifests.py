@@ -155,3 +155,21 @@ def test_runbook_gives_the_salt_as_a_file_never_in_a_runtime_env():
     for line in text.splitlines():
         if "runtime-env" in line or "runtime_env" in line or "env_vars" in line:
             assert "SALT" not in line.upper(), line
+
+
+def test_the_image_has_every_package_ffmpeg_and_torchcodec_for_nvdec():
+    import re
+    import tomllib
+
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    pyproject = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())
+    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        assert re.search(rf"^COPY .* {package} {package}$", dockerfile, re.M), package
+    assert re.search(r"apt-get install .*\bffmpeg\b", dockerfile)
+    extras = re.search(r'pip install .*"\.\[([a-z0-9,]+)\]" -c constraints.txt', dockerfile).group(1)
+    assert {"gpu", "torchcodec"} <= set(extras.split(","))
+    # NVDEC needs the driver's video capability in the container (libnvcuvid).
+    assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*video", dockerfile)
+    runbook = (CLUSTER / "README.md").read_text()
+    assert "nvidia-smi -q | grep -i dec" in runbook and "usvs.decoder" in runbook

@@ -1,4 +1,5 @@
-"""Loader: shapes, exact per-rank epochs, resume, bad samples, shard URLs, decode device."""
+"""Loader: shapes, exact per-rank epochs, resume, bad samples, shard URLs, decode device; the
+loader tests run with each decoder (`decoder`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import pytest
 import torch
 
 from tests.data.shardkit import phantom_samples, write_shards
-from usvs_dist.config import AugmentConfig, DataConfig
+from usvs_dist.config import AugmentConfig, ConfigError, DataConfig
 from usvs_dist.data import epoch as epoch_mod
 from usvs_dist.data import schema
-from usvs_dist.data.decode import read_wave, resolve_decode_context, sample_frame_indices
+from usvs_dist.data.backends import resolve_decoder
+from usvs_dist.data.decode import read_wave, sample_frame_indices
 from usvs_dist.data.epoch import plan_epoch, read_order, read_stream
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.schema import read_index
@@ -41,8 +43,8 @@ def uneven(phantom_shards, tmp_path_factory):
     return write_shards(out, read_index(phantom_shards), [9, 5, 3], phantom_samples(phantom_shards))
 
 
-def test_batch_holds_every_modality_with_the_documented_shapes(phantom_shards):
-    cfg = _cfg(batch_size=3, num_frames=5, frame_size=32, channels=3, n_mels=40)
+def test_batch_holds_every_modality_with_the_documented_shapes(phantom_shards, decoder):
+    cfg = _cfg(decoder=decoder, batch_size=3, num_frames=5, frame_size=32, channels=3, n_mels=40)
     batch = next(iter(EpochLoader(cfg, phantom_shards, rank=0, world_size=1).epoch(0)))
     assert batch["video"].shape == (3, 3, 5, 32, 32)
     assert batch["image"].shape == (3, 3, 32, 32)
@@ -54,7 +56,7 @@ def test_batch_holds_every_modality_with_the_documented_shapes(phantom_shards):
     assert ((batch["labels"] >= 0) & (batch["labels"] < len(schema.PLANES))).all()
     assert torch.equal(batch["video"][:, 0], batch["video"][:, 2])  # grey replicated to 3 channels
     assert batch["loader_batches"] == 1 and batch["worker"] == 0 and batch["bad_samples"] == 0
-    # 16 stored frames, 5 + 1 used: Decord decodes from frame 0 to the last one wanted.
+    # 16 stored frames, 5 + 1 used: the decoder decodes from frame 0 to the last one wanted.
     assert batch["frames_used"] <= batch["frames_decoded"] <= 16 * 3
 
 
@@ -80,8 +82,8 @@ def test_plan_splits_uneven_shards_evenly_over_ranks_and_workers():
 
 
 @pytest.mark.parametrize("resample", [False, True])
-def test_three_uneven_shards_two_ranks_two_workers_same_batches_no_repeats(uneven, resample):
-    cfg = _cfg(batch_size=2, loader_workers=2, resample=resample)
+def test_three_uneven_shards_two_ranks_two_workers_same_batches_no_repeats(uneven, resample, decoder):
+    cfg = _cfg(decoder=decoder, batch_size=2, loader_workers=2, resample=resample)
     per_rank, keys = [], []
     for rank in range(2):
         loader = EpochLoader(cfg, uneven, rank=rank, world_size=2)
@@ -114,8 +116,10 @@ def test_raw_streams_of_an_epoch_cover_the_split_once(tmp_path):
     assert sorted(seen) == sorted(f"s{k}_{i:03d}" for k, n in enumerate(sizes) for i in range(n))
 
 
-def test_a_resumed_epoch_continues_each_worker_without_reopening_finished_shards(uneven, monkeypatch):
-    cfg = _cfg(batch_size=2, loader_workers=0, interleave=1)
+def test_a_resumed_epoch_continues_each_worker_without_reopening_finished_shards(
+    uneven, monkeypatch, decoder
+):
+    cfg = _cfg(decoder=decoder, batch_size=2, loader_workers=0, interleave=1)
     loader = EpochLoader(cfg, uneven, rank=0, world_size=1)
     full = list(loader.epoch(0))
 
@@ -135,8 +139,8 @@ def test_a_resumed_epoch_continues_each_worker_without_reopening_finished_shards
     assert opened and not finished & set(opened)  # finished shards are not opened again
 
 
-def test_resume_with_two_workers_yields_exactly_the_remaining_batches(uneven):
-    cfg = _cfg(batch_size=2, loader_workers=2)
+def test_resume_with_two_workers_yields_exactly_the_remaining_batches(uneven, decoder):
+    cfg = _cfg(decoder=decoder, batch_size=2, loader_workers=2)
     loader = EpochLoader(cfg, uneven, rank=0, world_size=1)
     full = list(loader.epoch(0))
     positions = {}
@@ -147,11 +151,13 @@ def test_resume_with_two_workers_yields_exactly_the_remaining_batches(uneven):
     assert sorted(_keys(full[3:])) == sorted(_keys(rest))
 
 
-def test_augmentation_is_deterministic_per_clip_and_epoch_and_off_for_plain_resize(phantom_shards):
-    loader = EpochLoader(_cfg(batch_size=2), phantom_shards, rank=0, world_size=1)
+def test_augmentation_is_deterministic_per_clip_and_epoch_and_off_for_plain_resize(phantom_shards, decoder):
+    loader = EpochLoader(_cfg(decoder=decoder, batch_size=2), phantom_shards, rank=0, world_size=1)
     a, b = next(iter(loader.epoch(0))), next(iter(loader.epoch(0)))
     assert torch.equal(a["video"], b["video"])
-    plain = EpochLoader(_cfg(batch_size=2, augment=AugmentConfig(enabled=False)), phantom_shards, 0, 1)
+    plain = EpochLoader(
+        _cfg(decoder=decoder, batch_size=2, augment=AugmentConfig(enabled=False)), phantom_shards, 0, 1
+    )
     c = next(iter(plain.epoch(0)))
     assert c["__key__"] == a["__key__"] and not torch.equal(a["video"], c["video"])
 
@@ -208,10 +214,10 @@ def _strip_audio_tail(mp4: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["corrupt_mp4", "missing_key", "short_audio", "other_size"])
-def test_each_kind_of_bad_sample_is_skipped_and_counted(kind, phantom_shards, tmp_path, caplog):
+def test_each_kind_of_bad_sample_is_skipped_and_counted(kind, phantom_shards, tmp_path, caplog, decoder):
     samples = phantom_samples(phantom_shards)
     out = write_shards(tmp_path / kind, read_index(phantom_shards), [6], samples, _corrupt(kind))
-    loader = EpochLoader(_cfg(batch_size=5), out, rank=0, world_size=1)
+    loader = EpochLoader(_cfg(decoder=decoder, batch_size=5), out, rank=0, world_size=1)
     batches = list(loader.epoch(0))
     assert len(batches) == 1 and len(batches[0]["__key__"]) == 5
     assert batches[0]["bad_samples"] == 1
@@ -221,31 +227,31 @@ def test_each_kind_of_bad_sample_is_skipped_and_counted(kind, phantom_shards, tm
     assert reason.get(kind, "skipped sample") in caplog.text
 
 
-def test_a_shard_shorter_than_its_index_count_is_counted(phantom_shards, tmp_path):
+def test_a_shard_shorter_than_its_index_count_is_counted(phantom_shards, tmp_path, decoder):
     samples = phantom_samples(phantom_shards)
     out = write_shards(tmp_path, read_index(phantom_shards), [6], samples, _corrupt("missing_sample"))
-    batches = list(EpochLoader(_cfg(batch_size=3), out, rank=0, world_size=1).epoch(0))
+    batches = list(EpochLoader(_cfg(decoder=decoder, batch_size=3), out, rank=0, world_size=1).epoch(0))
     assert len(batches) == 2 and batches[-1]["bad_samples"] == 1 and batches[-1]["padded_samples"] == 3
 
 
-def test_a_short_stream_pads_with_its_last_batch_and_counts_it(phantom_shards, tmp_path):
+def test_a_short_stream_pads_with_its_last_batch_and_counts_it(phantom_shards, tmp_path, decoder):
     samples = phantom_samples(phantom_shards)
     out = write_shards(tmp_path, read_index(phantom_shards), [8], samples, _corrupt("corrupt_mp4"))
-    batches = list(EpochLoader(_cfg(batch_size=4), out, rank=0, world_size=1).epoch(0))
+    batches = list(EpochLoader(_cfg(decoder=decoder, batch_size=4), out, rank=0, world_size=1).epoch(0))
     assert len(batches) == 2 and batches[1]["padded_samples"] == 4
     assert batches[1]["__key__"] == batches[0]["__key__"]
 
 
-def test_a_truncated_tar_is_counted_not_fatal(phantom_shards, tmp_path):
+def test_a_truncated_tar_is_counted_not_fatal(phantom_shards, tmp_path, decoder):
     samples = phantom_samples(phantom_shards)
     out = write_shards(tmp_path, read_index(phantom_shards), [6, 6], samples)
     data = (out / "train-000001.tar").read_bytes()
     (out / "train-000001.tar").write_bytes(data[: len(data) // 2])
-    batches = list(EpochLoader(_cfg(batch_size=3), out, rank=0, world_size=1).epoch(0))
+    batches = list(EpochLoader(_cfg(decoder=decoder, batch_size=3), out, rank=0, world_size=1).epoch(0))
     assert len(batches) == 4 and batches[-1]["bad_samples"] >= 3
 
 
-def test_a_stream_of_undecodable_samples_stops_with_the_shard_and_key(phantom_shards, tmp_path):
+def test_a_stream_of_undecodable_samples_stops_with_the_shard_and_key(phantom_shards, tmp_path, decoder):
     samples = phantom_samples(phantom_shards)
     out = write_shards(
         tmp_path, read_index(phantom_shards), [60], samples, lambda n, s: {**s, "mp4": b"\0" * 300}
@@ -253,7 +259,7 @@ def test_a_stream_of_undecodable_samples_stops_with_the_shard_and_key(phantom_sh
     with pytest.raises(
         RuntimeError, match=r"max_bad_fraction=0.05; last: shard .*train-000000.tar, key \w+_\d{9}"
     ):
-        next(iter(EpochLoader(_cfg(), out, rank=0, world_size=1).epoch(0)))
+        next(iter(EpochLoader(_cfg(decoder=decoder), out, rank=0, world_size=1).epoch(0)))
 
 
 def test_shard_urls_brace_ranges_globs_pipes_and_fsspec(uneven):
@@ -306,21 +312,25 @@ def _decord_has_cuda() -> bool:
 
 
 @pytest.mark.skipif(_decord_has_cuda(), reason="this Decord is built with CUDA, so GPU decode works")
-def test_gpu_decode_without_cuda_decord_is_a_clear_error():
-    with pytest.raises(ValueError, match="decode_device=gpu"):
-        resolve_decode_context("gpu", use_gpu=True, local_rank=0)
-    assert not resolve_decode_context("auto", use_gpu=False, local_rank=0).on_gpu
+def test_gpu_decode_without_cuda_decord_is_a_clear_error(monkeypatch):
+    with pytest.raises(ConfigError, match="config key data.decode_device=gpu cannot be used"):
+        resolve_decoder("decord", "gpu", use_gpu=True, local_rank=0)
+    assert not resolve_decoder("decord", "auto", use_gpu=False, local_rank=0).on_gpu
+    # A GPU that Decord cannot use: the key, why, and the decoder that can.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="no CUDA support.*data.decoder=torchcodec decodes on the GPU"):
+        resolve_decoder("decord", "gpu", use_gpu=True, local_rank=0)
 
 
 def test_unused_shutil_import_guard():
     assert shutil.which("cat")  # pipe: URLs in these tests run `cat`
 
 
-def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom_shards):
+def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom_shards, decoder):
     from usvs_dist.data.decode import BatchFinisher
     from usvs_dist.data.pipeline import RankEpoch
 
-    cfg = _cfg(batch_size=3, num_frames=5, frame_size=32)
+    cfg = _cfg(decoder=decoder, batch_size=3, num_frames=5, frame_size=32)
     loader = EpochLoader(cfg, phantom_shards, rank=0, world_size=1)
     raw = next(iter(RankEpoch(cfg, loader.shards, loader.plan(0), 0, loader.clip_seconds)))
     stored = read_index(phantom_shards)["size"]
@@ -338,9 +348,9 @@ def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom
     )
 
 
-def test_finishing_in_the_consumer_gives_the_batches_finishing_in_the_workers_gives(phantom_shards):
+def test_finishing_in_the_consumer_gives_the_batches_finishing_in_the_workers_gives(phantom_shards, decoder):
     # The GPU configuration's split (workers decode, the consumer crops and finishes), run on CPU.
-    cfg = _cfg(batch_size=3, num_frames=5, frame_size=48, loader_workers=1)
+    cfg = _cfg(decoder=decoder, batch_size=3, num_frames=5, frame_size=48, loader_workers=1)
     loader = EpochLoader(cfg, phantom_shards, rank=0, world_size=1)
     in_workers = list(loader.epoch(0))
     in_consumer = list(loader.epoch(0, finish_in_workers=False))

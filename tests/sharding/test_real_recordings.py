@@ -72,10 +72,14 @@ def _speech_ratio_follows_the_transcript(out: Path, index: dict) -> None:
     assert len(checked) == len(SCANS) - 1 and sum(checked.values()) >= 10, checked
 
 
-def test_real_scans_shard_and_load(tmp_path, salt_file):
+@pytest.fixture(scope="module")
+def real_shards(tmp_path_factory, salt_file) -> tuple[Path, dict, BuildOptions]:
+    """The real recordings, each with a narration (its own stream, or the real call in another
+    format), sharded: (shard folder, index, options)."""
     from sharding.media import read_audio
     from tests.sharding.scankit import write_audio
 
+    tmp_path = tmp_path_factory.mktemp("real")
     speech = read_audio(SPEECH, 16000)
     manifest = tmp_path / "manifest.csv"
     with manifest.open("w", newline="") as f:
@@ -93,8 +97,12 @@ def test_real_scans_shard_and_load(tmp_path, salt_file):
     # The SonoSite export is a frozen loop, which --mask auto refuses (tests/sharding/test_mask.py);
     # this test is about codecs, rates and narration, so it keeps whole frames.
     opts = BuildOptions(clip_seconds=2.0, fps=8.0, size=64, split_fractions=(1.0, 0.0, 0.0), mask="none")
-    index = build(manifest, out, salt_file, opts, log=lambda *_: None)
+    return out, build(manifest, out, salt_file, opts, log=lambda *_: None), opts
 
+
+def test_real_scans_shard_and_load(real_shards):
+    out, index, opts = real_shards
+    index = dict(index)
     assert index["errors"] == []
     from sharding.deid import hash_id
     from tests.conftest import SALT
@@ -115,3 +123,16 @@ def test_real_scans_shard_and_load(tmp_path, salt_file):
     assert (batch["labels"] == -1).all()  # no labels in these scans
     assert batch["video"].std() > 0.01  # real pixels, not letterbox only
     assert index["labels"]["clips_with_labels"] == 0
+
+
+def test_both_decoders_agree_on_the_real_recordings_shards(real_shards):
+    """The H.264 the sharder wrote from five devices and codecs: Decord and TorchCodec give the
+    same frames (at most 1 grey level apart) and the same log-mel of the narration (1e-3)."""
+    from tests.conftest import decoder_or_skip
+    from tests.data.shardkit import phantom_samples
+    from tests.data.test_backends import MAX_GREY_DIFF, MAX_LOG_MEL_DIFF, agreement
+
+    decoder_or_skip("torchcodec")
+    out, index, _ = real_shards
+    grey, log_mel, clips = agreement(phantom_samples(out), DataConfig())
+    assert clips == index["totals"]["clips"] and grey <= MAX_GREY_DIFF and log_mel <= MAX_LOG_MEL_DIFF

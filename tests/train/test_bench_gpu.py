@@ -249,7 +249,7 @@ def _fake_cuda(monkeypatch):
     """torch.cuda as an H200 would answer the bench's questions (nothing runs on it)."""
     from types import SimpleNamespace
 
-    import usvs_dist.data.decode as decode
+    import usvs_dist.data.backends as backends
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
@@ -258,7 +258,8 @@ def _fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     props = SimpleNamespace(total_memory=141 * 2**30, multi_processor_count=132, major=9, minor=0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: props)
-    monkeypatch.setattr(decode, "resolve_decode_context", lambda *a: SimpleNamespace(on_gpu=False))
+    # Both decoders "usable": the loader stage runs once per decoder.
+    monkeypatch.setattr(backends, "torchcodec_unusable", lambda: None)
 
 
 @pytest.mark.parametrize("budget, ran", [(600.0, 4), (10.0, 0)])
@@ -285,7 +286,7 @@ def test_stages_run_in_order_within_the_budget_and_end_with_the_figures_line(mon
     monkeypatch.setattr(bench, "train_paper_config", train)
     lines: list[str] = []
     code = bench.run("/shards", ["data.loader_workers=2"], 8, budget, True, print_fn=lines.append)
-    assert stages == ["tests", "encoder", "loader", *PAPER_RECIPES[:ran]]
+    assert stages == ["tests", "encoder", "loader", "loader", *PAPER_RECIPES[:ran]]
     assert lines[0].startswith("GPU NVIDIA H200: 141.0 GiB, 132 SMs, sm_90") and "989 TFLOP/s" in lines[0]
     assert any("200.0 TFLOP/s (20.2% of peak), 3200 clips/s" in line for line in lines)
     rows = [line.split() for line in lines if line.split() and line.split()[0] in PAPER_RECIPES]

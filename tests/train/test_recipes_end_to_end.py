@@ -23,15 +23,22 @@ RECIPES = {
     "custom": ["va_nce_loss", "vi_triplet_loss"],
 }
 EXTRA = {"custom": ["objective.terms=[{term: va_nce, weight: 1.0}, {term: vi_triplet, weight: 0.5}]"]}
+DECODER = {"isbi2020": "torchcodec", "dual2024": "auto"}
+"""data.decoder per recipe (the others: decord, the default); torchcodec where it is usable."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_recipe_trains_end_to_end_and_logs_its_parts(recipe, phantom_shards, tmp_path):
+    from usvs_dist.data.backends import choose_decoder, torchcodec_unusable
+
+    decoder = DECODER.get(recipe, "decord")
+    decoder = "auto" if decoder == "torchcodec" and torchcodec_unusable() else decoder
     run = train(
         tmp_path,
         phantom_shards,
         f"objective.recipe={recipe}",
+        f"data.decoder={decoder}",
         *EXTRA.get(recipe, []),
         "train.steps=4",
         "train.checkpoint_every=4",
@@ -39,7 +46,11 @@ def test_recipe_trains_end_to_end_and_logs_its_parts(recipe, phantom_shards, tmp
         "optim.warmup_steps=0",
     )
     client = run.client
-    assert client.get_run(run.run_id).data.tags["recipe"] == recipe
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["recipe"] == recipe
+    assert tags["usvs.decoder"].startswith(f"{choose_decoder(decoder)} ") and tags["usvs.decoder"].endswith(
+        " on CPU"
+    )
     for metric in ["loss", *RECIPES[recipe]]:
         assert steps_logged(client, run.run_id, metric) == [1, 2, 3, 4], metric
     loss = {m.step: m.value for m in client.get_metric_history(run.run_id, "loss")}

@@ -11,8 +11,10 @@ One prepared check for a machine with a GPU, about 8 minutes on one (`budget_s`)
    CUDA events over `ENCODER_ITERS` steps after `ENCODER_WARMUP`; achieved TFLOP/s against the
    GPU's dense bf16 peak (BF16_DENSE_PEAK_TFLOPS).
 3. The loader alone (EpochLoader with the paper's data settings, finishing batches on the GPU,
-   `data.decode_device=auto`): clips/s from each epoch's first batch to its last (worker
-   start-up is not throughput), summed over epochs until `LOADER_MIN_BATCHES` are timed.
+   `data.decode_device=auto`), once per decoder (Decord, and TorchCodec with NVDEC when it is
+   installed with FFmpeg; the faster one is the figure): clips/s from each epoch's first batch
+   to its last (worker start-up is not throughput), summed over epochs until
+   `LOADER_MIN_BATCHES` are timed.
 4. Each paper config trains `steps` steps through `python -m usvs_dist.train` (Ray Train, one
    worker, NCCL, bf16, DeepSpeed ZeRO as configured, `model.sync_bn=true`,
    `data.decode_device=auto`), each within an equal share of the time left; MLflow gives back
@@ -392,7 +394,7 @@ def run(
         print_fn(NO_CUDA)
         return 0
     from usvs_dist.config import load_config
-    from usvs_dist.data.decode import resolve_decode_context
+    from usvs_dist.data import backends
 
     deadline = time.perf_counter() + budget_s
     name = torch.cuda.get_device_name()
@@ -427,15 +429,22 @@ def run(
         )
         torch.cuda.empty_cache()  # the encoder's blocks, before the loader and the runs
 
-        data = cfg.data
-        on_gpu = resolve_decode_context(data.decode_device, True, 0).on_gpu
-        loader_rate, batches = time_loader(data, shards)
-        print_fn(
-            f"loader alone: {data.loader_workers} workers x {data.decode_threads} Decord threads, decode on "
-            f"{'GPU' if on_gpu else 'CPU'} (data.decode_device={data.decode_device}), finishing on the GPU: "
-            f"{loader_rate:.0f} clips/s over {batches} batches of {data.batch_size}"
-        )
-        torch.cuda.empty_cache()
+        # The loader with each decoder this machine has (TorchCodec: NVDEC); the faster one counts.
+        loader_rate = 0.0
+        for decoder in backends.DECODERS:
+            if decoder == "torchcodec" and (why := backends.torchcodec_unusable()) is not None:
+                print_fn(f"loader alone with torchcodec: not run, {why}")
+                continue
+            data = replace(cfg.data, decoder=decoder)
+            choice = backends.resolve_decoder(decoder, data.decode_device, True, 0)
+            rate, batches = time_loader(data, shards)
+            loader_rate = max(loader_rate, rate)
+            print_fn(
+                f"loader alone: {data.loader_workers} workers x {data.decode_threads} {decoder} threads, "
+                f"decode on {'GPU' if choice.on_gpu else 'CPU'} (data.decode_device={data.decode_device}), "
+                f"finishing on the GPU: {rate:.0f} clips/s over {batches} batches of {data.batch_size}"
+            )
+            torch.cuda.empty_cache()
 
         results: list[RunFigures] = []
         for k, recipe in enumerate(recipes):

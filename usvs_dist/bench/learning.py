@@ -141,8 +141,9 @@ def run(
 ) -> tuple[float, float]:
     """Build the corpus, pretrain each recipe, probe it and a random twin; return (random_f1, best_gain).
 
-    `budget`: seconds for all the recipes' pretraining together, shared equally; a recipe stops at
-    `steps` or its share, whichever comes first.
+    `steps` is the fixed work that makes figures comparable across machines and loads; `budget`
+    (seconds for all the recipes' pretraining together, shared equally) is a cap, and a recipe it
+    stops before `steps` is flagged on its line.
     """
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
@@ -176,6 +177,7 @@ def run(
             f"train_s={done.seconds:.0f} "
             f"probe_s={time.perf_counter() - t0:.0f}"
             + (" (plane labels as positives: not counted)" if done.uses_labels else "")
+            + (f" (cut by --budget before {steps} steps: not comparable)" if done.steps < steps else "")
         )
     print_fn(
         f"random_f1={random['video']:.3f} best_gain={best:+.3f} seconds={time.perf_counter() - start:.0f}"

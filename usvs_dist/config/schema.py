@@ -214,10 +214,16 @@ class DataConfig(Section):
     docs/architecture.md ("Batches across scans") and `python -m usvs_dist.bench batches`."""
     resample: bool = False
     """Draw shards with replacement each epoch (clips may repeat) instead of exact epochs."""
+    decoder: Literal["decord", "torchcodec", "auto"] = "decord"
+    """Video and narration decoder (usvs_dist.data.backends): decord (bundled FFmpeg, CPU from
+    PyPI), torchcodec (`pip install -e ".[torchcodec]"` and the system's FFmpeg 4-8; NVDEC on
+    NVIDIA GPUs from the same wheel), or auto (TorchCodec when it imports and finds FFmpeg)."""
     decode_threads: int = 1
-    """Decord threads per reader; more than 2 per loader worker oversubscribes cores."""
+    """Decoder threads per reader (0: the library's choice); more than 2 per loader worker
+    oversubscribes cores."""
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"
-    """auto: GPU when Decord has CUDA and a GPU is used, else CPU (with a warning); cpu; gpu."""
+    """auto: the GPU when training on one and data.decoder can decode there (TorchCodec's NVDEC, or
+    a CUDA build of Decord), else the CPU (with a warning); cpu; gpu (an error when it cannot)."""
     max_bad_fraction: float = 0.05
     """Share of undecodable samples a loader worker tolerates (skipped, counted) before the run stops."""
     seed: int = 0

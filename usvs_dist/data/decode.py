@@ -1,4 +1,5 @@
-"""Decode one WebDataset sample (clip mp4 + json) with Decord into training tensors.
+"""Decode one WebDataset sample (clip mp4 + json) into training tensors (Decord or TorchCodec:
+`usvs_dist.data.backends`).
 
 Shapes: C channels, T frames, H x W pixels, M mel bins, F audio frames.
 `ClipDecoder` output per sample: `frames` [T + 1, H, W] uint8 at the stored size (the T clip
@@ -13,23 +14,20 @@ log-mel, in one batched operation. Where it runs, and why: `usvs_dist.data.pipel
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import random
-from dataclasses import dataclass
 
-import decord
 import numpy as np
 import torch
-import torch.utils.dlpack
 import torchaudio
 
 from usvs_dist.config import redact
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
 from usvs_dist.data.augment import draw_crop, draw_intensity, finish_batch, whole_frame
+from usvs_dist.data.backends import Backend, DecoderChoice, open_backend, resolve_decoder
 
 log = logging.getLogger(__name__)
 MIN_SAMPLES_FOR_BAD_FRACTION = 50
@@ -75,14 +73,14 @@ class MelPower(torch.nn.Module):
         return self.mel_scale(torch.view_as_real(self.spectrogram(wave)).square().sum(-1))
 
 
-def frames_to_decode(video: decord.VideoReader, indices: list[int]) -> tuple[list[int], int]:
-    """(sorted distinct frames to ask Decord for, frames it decodes to get them).
+def frames_to_decode(keys: list[int], indices: list[int]) -> tuple[list[int], int]:
+    """(sorted distinct frames to ask the decoder for, frames it decodes to get them), given the
+    clip's key frames.
 
-    Decord decodes forward from the keyframe at or before a wanted frame, and seeks back (and
+    Decoders decode forward from the keyframe at or before a wanted frame; Decord seeks back (and
     decodes again) for an index lower than the previous one: asking in sorted order avoids that.
     """
     wanted = sorted(set(indices))
-    keys = video.get_key_indices()
     decoded, position = 0, -1
     for frame in wanted:
         if frame > position:
@@ -147,15 +145,9 @@ def check_meta(meta: object, classes: int) -> dict:
     return meta
 
 
-def read_wave(data: bytes, sample_rate: int) -> np.ndarray:
-    """The clip's narration as mono float samples at `sample_rate`."""
-    audio = decord.AudioReader(io.BytesIO(data), sample_rate=sample_rate, mono=True)
-    # AudioReader decodes the whole stream into `_array` on open; `audio[:]` would re-gather it
-    # sample by sample through a Python index list (a third of the loader's time on 2 s clips).
-    samples = getattr(audio, "_array", None)
-    if samples is None:
-        samples = audio[:].asnumpy()
-    return np.ascontiguousarray(samples.reshape(-1))
+def read_wave(data: bytes, sample_rate: int, decoder: str = "decord") -> np.ndarray:
+    """The clip's narration as mono float samples at `sample_rate`, decoded by `decoder`."""
+    return open_backend(decoder).wave(data, sample_rate)
 
 
 class BatchFinisher:
@@ -197,38 +189,8 @@ class TarErrors:
         return True
 
 
-@dataclass
-class DecodeContext:
-    """Where Decord decodes; resolved once per loader worker."""
-
-    ctx: object
-    on_gpu: bool
-
-
-def resolve_decode_context(setting: str, use_gpu: bool, local_rank: int) -> DecodeContext:
-    """Pick Decord's context from `data.decode_device`; GPU needs a Decord built with CUDA."""
-    want_gpu = setting == "gpu" or (setting == "auto" and use_gpu and torch.cuda.is_available())
-    if not want_gpu:
-        return DecodeContext(decord.cpu(0), False)
-    try:
-        decord.nd.empty((1,), ctx=decord.gpu(local_rank))
-    except Exception as exc:  # Decord raises DECORDError (a plain Exception subclass) without CUDA
-        if setting == "gpu":
-            raise ValueError(
-                f"data.decode_device=gpu but Decord cannot use the GPU ({exc}); "
-                "build Decord with CUDA or set data.decode_device=cpu"
-            ) from exc
-        log.warning(
-            "decoding on CPU: this Decord has no CUDA support (%s); a CUDA build of Decord "
-            "decodes on the GPU",
-            str(exc).splitlines()[0],
-        )
-        return DecodeContext(decord.cpu(0), False)
-    return DecodeContext(decord.gpu(local_rank), True)
-
-
 class ClipDecoder:
-    """Picklable sample -> tensors map; the worker id and Decord's context are resolved on first
+    """Picklable sample -> tensors map; the worker id and the decoder backend are opened on first
     use, inside the loader worker (random draws come from `sample_rng`, one per sample)."""
 
     def __init__(
@@ -237,13 +199,13 @@ class ClipDecoder:
         clip_seconds: float,
         rank: int,
         train: bool,
-        use_gpu: bool = False,
-        local_rank: int = 0,
+        decoder: DecoderChoice | None = None,
         epoch: int = 0,
         *,
         classes: int = len(schema.PLANES),
         audio: bool = True,
     ):
+        """`decoder`: the resolved `data.decoder` and device (None: `data.decoder` on the CPU)."""
         self.cfg = cfg
         self.classes = classes
         """Size of the shards' label vocabulary (index.json), the range labels are checked against."""
@@ -252,8 +214,7 @@ class ClipDecoder:
         self.samples = round(clip_seconds * cfg.sample_rate)
         self.rank = rank
         self.train = train
-        self.use_gpu = use_gpu
-        self.local_rank = local_rank
+        self.decoder = decoder or resolve_decoder(cfg.decoder, "cpu")
         self.epoch = epoch
         self.bad = 0
         self.seen = 0
@@ -261,12 +222,22 @@ class ClipDecoder:
         self.frames_used = 0
         self.stored_shape: tuple[int, ...] | None = None
         self._ready = False
-        self._ctx: DecodeContext | None = None
+        self._backend: Backend | None = None
+        self._errors: tuple[type[BaseException], ...] = ()
 
     def _setup(self) -> None:
         info = torch.utils.data.get_worker_info()
         self.worker = info.id if info is not None else 0
-        self._ctx = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank)
+        self._backend = self.decoder.open()
+        self._errors = (
+            BadSample,
+            KeyError,
+            ValueError,
+            TypeError,
+            IndexError,
+            RuntimeError,
+            *self._backend.errors,
+        )
         self._ready = True
 
     def sample_rng(self, key: str) -> random.Random | None:
@@ -299,15 +270,7 @@ class ClipDecoder:
         self.seen += 1
         try:
             return self._decode(sample)
-        except (
-            BadSample,
-            decord.DECORDError,
-            KeyError,
-            ValueError,
-            TypeError,
-            IndexError,
-            RuntimeError,
-        ) as exc:
+        except self._errors as exc:
             self.count_bad(str(exc).splitlines()[0], key, url)
             return None
 
@@ -323,27 +286,18 @@ class ClipDecoder:
         if self.audio and not schema.narrated(meta):
             raise BadSample("the clip has no narration, which this recipe reads")
         data = sample[schema.VIDEO_KEY]
-        # Decoded at the stored size and resized by torch: Decord's own resize fails on some
-        # sizes (seen: 64 -> 48 gives "DECORDArrayCopyFromTo: The size must exactly match").
-        video = decord.VideoReader(io.BytesIO(data), ctx=self._ctx.ctx, num_threads=cfg.decode_threads)
-        # len(video) can over-report and hang get_batch (decord #373): trust the json's count too.
+        video = self._backend.video(data, cfg.decode_threads)
+        # Decord's len() can over-report and hang get_batch (decord #373): trust the json's count too.
         n = min(len(video), int(meta[schema.META_FRAMES]))
         rng = self.sample_rng(sample.get("__key__", ""))
         idx = sample_frame_indices(n, cfg.num_frames, rng)
         image_idx = rng.randrange(n) if rng is not None else n // 2
-        wanted, decoded = frames_to_decode(video, idx + [image_idx])
+        wanted, decoded = frames_to_decode(video.key_indices(), idx + [image_idx])
         self.frames_decoded += decoded
         self.frames_used += len(wanted)
-        frames = video.get_batch(wanted)
-        order = [wanted.index(i) for i in idx + [image_idx]]
-        # Grey lives in the first channel: only it, of only the used frames, is copied (numpy's
-        # index does that in one pass; torch's was 2.5 times slower). On a CUDA Decord the frames
-        # stay on the GPU and are handed to torch without a copy.
-        grey_NHW = (
-            torch.utils.dlpack.from_dlpack(frames.to_dlpack())[..., 0][order]
-            if self._ctx.on_gpu
-            else torch.from_numpy(frames.asnumpy()[order, :, :, 0])
-        )
+        # Grey lives in the first channel: only it, of only the used frames, is kept. Decoded on
+        # the GPU, the frames stay there and reach the batch finisher without a host copy.
+        grey_NHW = video.grey(wanted, [wanted.index(i) for i in idx + [image_idx]])
         # Frames cross to the finisher at their stored size, stacked: one size per stream.
         shape = tuple(grey_NHW.shape[-2:])
         self.stored_shape = self.stored_shape or shape
@@ -361,7 +315,7 @@ class ClipDecoder:
 
         out: dict = {}
         if self.audio:
-            wave_N = torch.from_numpy(read_wave(data, cfg.sample_rate))[: self.samples]
+            wave_N = torch.from_numpy(self._backend.wave(data, cfg.sample_rate))[: self.samples]
             if len(wave_N) < self.samples:
                 raise BadSample(f"audio has {len(wave_N)} samples, the clip needs {self.samples}")
             out["wave"] = wave_N

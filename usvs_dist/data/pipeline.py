@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from usvs_dist.config.schema import DataConfig
 from usvs_dist.data import schema
-from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors, has_narration, resolve_decode_context
+from usvs_dist.data.backends import DecoderChoice, resolve_decoder
+from usvs_dist.data.decode import BatchFinisher, ClipDecoder, TarErrors, has_narration
 from usvs_dist.data.epoch import EpochPlan, plan_epoch, read_order, read_stream
 from usvs_dist.data.shards import Shard, load_index, split_shards
 
@@ -40,8 +41,7 @@ class RankEpoch(IterableDataset):
         rank: int,
         clip_seconds: float,
         positions: Positions | None = None,
-        use_gpu: bool = False,
-        local_rank: int = 0,
+        decoder: DecoderChoice | None = None,
         finish_in_worker: bool = False,
         *,
         classes: int = len(schema.PLANES),
@@ -50,7 +50,7 @@ class RankEpoch(IterableDataset):
         super().__init__()
         self.cfg, self.shards, self.plan, self.rank = cfg, shards, plan, rank
         self.clip_seconds, self.positions = clip_seconds, dict(positions or {})
-        self.use_gpu, self.local_rank = use_gpu, local_rank
+        self.decoder = decoder or DecoderChoice("decord")
         self.finish_in_worker = finish_in_worker
         self.classes, self.audio = classes, audio
 
@@ -70,8 +70,7 @@ class RankEpoch(IterableDataset):
                 self.clip_seconds,
                 self.rank,
                 train=True,
-                use_gpu=self.use_gpu,
-                local_rank=self.local_rank,
+                decoder=self.decoder,
                 epoch=self.plan.epoch,
                 classes=self.classes,
                 audio=self.audio,
@@ -85,7 +84,8 @@ class RankEpoch(IterableDataset):
         #    reading the narration sees only clips that have one (the plan counted only those).
         keep = has_narration if self.audio else None
         samples = read_stream(self.shards, units, order, start, TarErrors(decoder), keep)
-        # 3. Decord decode, frame sampling, image frame, the crop and jitter draws; bad samples counted.
+        # 3. Decode (data.decoder), frame sampling, image frame, the crop and jitter draws; bad
+        #    samples counted.
         decoded = _decode(samples, decoder)
 
         # 4. Full batches only, exactly the plan's number (the gathered losses and Ray's report
@@ -190,6 +190,8 @@ class EpochLoader:
         """`audio`: the recipe reads the narration, so only clips with narration are read."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.use_gpu, self.local_rank, self.audio = use_gpu, local_rank, audio
+        self.decoder = resolve_decoder(cfg.decoder, cfg.decode_device, use_gpu, local_rank)
+        """The backend and device every worker of this loader decodes with."""
         self.index = load_index(location)
         self.vocabulary = schema.label_vocabulary(self.index)
         self.shards = split_shards(location, self.index, cfg.split, list(cfg.shard_urls), narrated_only=audio)
@@ -220,7 +222,7 @@ class EpochLoader:
         return self._bad_before + sum(self._bad.values()), self._padded_before + sum(self._padded.values())
 
     def frames_ratio(self) -> float:
-        """Frames Decord decoded per frame used, this epoch so far (NaN before the first batch)."""
+        """Frames the decoder decoded per frame used, this epoch so far (NaN before the first batch)."""
         decoded = sum(d for d, _ in self._frames.values())
         used = sum(u for _, u in self._frames.values())
         return decoded / used if used else float("nan")
@@ -317,19 +319,18 @@ class EpochLoader:
             self.rank,
             self.clip_seconds,
             positions,
-            self.use_gpu,
-            self.local_rank,
+            self.decoder,
             finish_in_worker=in_workers,
             classes=len(self.vocabulary.classes),
             audio=self.audio,
         )
         workers = self.cfg.loader_workers
-        on_gpu = resolve_decode_context(self.cfg.decode_device, self.use_gpu, self.local_rank).on_gpu
+        on_gpu = self.decoder.on_gpu
         batches = DataLoader(
             dataset,
             batch_size=None,
             num_workers=workers,
-            # CUDA (Decord on the GPU) cannot run in forked workers.
+            # CUDA (decoding on the GPU) cannot run in forked workers.
             multiprocessing_context="spawn" if on_gpu and workers > 0 else None,
             pin_memory=self.use_gpu and not on_gpu,
         )

@@ -15,6 +15,9 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Attach a file to the run."""
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set the run's tags (what a run used, found by MLflow's search)."""
+
     def close(self) -> None:
         """Flush and release resources."""
 
@@ -26,6 +29,9 @@ class NullTracker:
         """Do nothing."""
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Do nothing."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
         """Do nothing."""
 
     def close(self) -> None:

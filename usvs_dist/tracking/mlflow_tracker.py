@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from usvs_dist.config import redact
@@ -166,6 +166,11 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self._safe("log_metrics", self.client.log_batch, self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set tags on the run (values redacted, as params are)."""
+        batch = [RunTag(k, str(v)) for k, v in redact(dict(tags)).items()]
+        self._safe("set_tags", self.client.log_batch, self.run_id, tags=batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or folder to the run's artifacts."""

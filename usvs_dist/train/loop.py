@@ -81,6 +81,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if state.step >= cfg.train.steps:
         return checkpointer.report_finished(state)
     tracker = _tracker(cfg, loop_config, rank)
+    if rank == 0:  # which decoder read the data, and where (data.decoder=auto decides per machine)
+        tracker.set_tags({"usvs.decoder": loader.decoder.describe()})
     if checkpointer.resumed:  # visible in MLflow: where each restart of the worker group picked up
         tracker.log_metrics({"resumed_from_step": state.step}, state.step)
     periodic = PeriodicEval(cfg, shards) if cfg.eval.every and rank == 0 else None
