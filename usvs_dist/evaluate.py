@@ -63,6 +63,30 @@ def _load(args, tmp: Path) -> tuple[Encoders, str | None, str | None]:
     return trained.encoders, trained.tracking_uri, trained.run_id
 
 
+def other_shards_note(uri: str, run_id: str, location: str) -> str | None:
+    """Why the shards at `location` are not the ones MLflow run `run_id` trained on (its
+    `shard_index_sha256` tag against index.json's sha256 now), or None when they are (or the
+    run does not say). Their held-out split may then hold scans the run trained on: a phantom
+    built by another version, or a shard set rebuilt since."""
+    from mlflow.tracking import MlflowClient
+
+    from usvs_dist.data.shards import index_sha256
+
+    try:
+        trained = MlflowClient(uri).get_run(run_id).data.tags.get("shard_index_sha256")
+    except Exception as exc:  # an unreachable store: the check is skipped, saying so
+        log.warning("could not read the run's shard set from MLflow: %s", redact(str(exc).splitlines()[0]))
+        return None
+    now = index_sha256(location)
+    if not trained or trained == now:
+        return None
+    return (
+        f"these shards (index.json sha256 {now[:12]}…) are not the ones run {run_id} trained on "
+        f"({trained[:12]}…): rebuilt since, or a phantom of another version, so the held-out scans "
+        "may include scans it trained on; give its shards with --shards to compare like with like"
+    )
+
+
 def _baselines(enc: Encoders, init: Encoders | None) -> list[str]:
     """The report's lines on the baselines: which weights init, and what it leaves out."""
     from usvs_dist.eval.encoders import weights_files
@@ -93,11 +117,13 @@ def evaluate(
     protocols: tuple[str, ...],
     out: Path,
     device: torch.device | None = None,
+    notes: list[str] = (),
 ) -> dict:
     """Run the tasks on the pretrained encoders and the baselines (random twin; weights twin when
     model.*_weights name files) on `device` (default: eval.device; `enc` is moved there); returns
     metrics, gains, each task's wall seconds per encoder set ("seconds": {task: {side: s}}, clip
-    loading and figures left out), the report and the written files."""
+    loading and figures left out), the report (`notes` as warnings at its top) and the written
+    files."""
     from usvs_dist.eval import progress, report, tasks
     from usvs_dist.eval.device import resolve_device
     from usvs_dist.eval.encoders import random_twin, weights_twin
@@ -145,6 +171,7 @@ def evaluate(
         used=used,
         seconds=seconds,
     )
+    text = "".join(f"> **Warning:** {note}\n\n" for note in notes) + text
     # Atomic: an interrupted evaluation must not leave a cut report that is logged later.
     partial = out / ".report.md.tmp"
     partial.write_text(text)
@@ -234,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             from usvs_dist.phantom import ensure_phantom_shards  # the run trained on the phantom
 
             location = str(ensure_phantom_shards(enc.cfg.phantom, log=print))
+        notes = []
+        if run_id and uri and not args.shards and (note := other_shards_note(uri, run_id, location)):
+            log.warning(note)
+            notes.append(note)
         with progress.shown(not args.quiet):
             result = evaluate(
                 enc,
@@ -242,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 tuple(args.protocol or ("linear", "finetune")),
                 out,
                 device,
+                notes,
             )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

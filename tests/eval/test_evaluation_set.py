@@ -259,3 +259,37 @@ def test_the_report_shows_salted_scan_hashes_as_they_are_and_hashes_anything_els
     assert scan_id("0e66841428debec0") == "0e66841428debec0"
     shown = scan_id("patient-007_scan2")  # shards from another writer could carry names
     assert "patient" not in shown and len(shown) == 16 and shown == scan_id("patient-007_scan2")
+
+
+def test_a_run_evaluated_on_shards_other_than_it_trained_on_is_warned_about(
+    test_only_shards, tmp_path, monkeypatch, capsys
+):
+    from mlflow.tracking import MlflowClient
+
+    import usvs_dist.tracking as tracking
+    from usvs_dist.data.shards import index_sha256
+    from usvs_dist.evaluate import other_shards_note
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e")
+    same = client.create_run(experiment, tags={"shard_index_sha256": index_sha256(test_only_shards)})
+    other = client.create_run(experiment, tags={"shard_index_sha256": "0" * 64})
+    untagged = client.create_run(experiment)
+    assert other_shards_note(uri, same.info.run_id, str(test_only_shards)) is None
+    assert other_shards_note(uri, untagged.info.run_id, str(test_only_shards)) is None
+
+    # The run's own data (no --shards), which changed since: the report says so at its top.
+    monkeypatch.setattr(tracking, "MlflowTracker", RecordingTracker)
+    cfg = load_config(None, [*TINY, f"data.shards={test_only_shards}"])
+    ckpt = _checkpoint(tmp_path / "ckpt", cfg)
+    (ckpt / RUN_FILE).write_text(json.dumps({"mlflow_run_id": other.info.run_id, "tracking_uri": uri}))
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(ckpt), "--task", "planes", "--protocol", "linear", "--out", str(out)]
+    assert evaluate_main([*argv, *QUICK, "eval.max_clips=12"]) == 0, capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert report.startswith(
+        f"> **Warning:** these shards (index.json sha256 {index_sha256(test_only_shards)[:12]}…) are not "
+        f"the ones run {other.info.run_id} trained on (000000000000…)"
+    )
+    assert str(test_only_shards) not in report
