@@ -109,6 +109,17 @@ def test_a_missing_torchcodec_is_named_with_its_install_command(monkeypatch):
     assert backends.torchcodec_unusable() == 'TorchCodec is not installed (pip install -e ".[torchcodec]")'
 
 
+def test_torchcodec_without_ffmpeg_libraries_says_how_to_install_them(monkeypatch):
+    decoder_or_skip("torchcodec")
+    from torchcodec import _core
+
+    monkeypatch.setattr(_core, "ffmpeg_major_version", None)  # what TorchCodec records when none load
+    assert backends.torchcodec_unusable() == (
+        "TorchCodec finds no FFmpeg libraries (apt-get install ffmpeg): no FFmpeg 4-8 libraries "
+        "(libavcodec, libavformat, ...) could be loaded"
+    )
+
+
 def test_the_loader_refuses_an_unusable_decoder_before_reading(monkeypatch, phantom_shards):
     from usvs_dist.data.pipeline import EpochLoader
 

@@ -75,8 +75,8 @@ class Backend(ABC):
 
 
 class _DecordVideo:
-    def __init__(self, reader):
-        self.reader = reader
+    def __init__(self, reader, on_gpu: bool):
+        self.reader, self.on_gpu = reader, on_gpu
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -88,7 +88,7 @@ class _DecordVideo:
         frames = self.reader.get_batch(wanted)
         # Only the first channel of only the used frames is copied (numpy's index does that in
         # one pass; torch's was 2.5 times slower). A CUDA Decord's frames stay on the GPU.
-        if frames.ctx.device_type == "gpu":
+        if self.on_gpu:
             return torch.utils.dlpack.from_dlpack(frames.to_dlpack())[..., 0][order]
         return torch.from_numpy(frames.asnumpy()[order, :, :, 0])
 
@@ -109,7 +109,8 @@ class DecordBackend(Backend):
     def video(self, data: bytes, threads: int) -> ClipVideo:
         # Decoded at the stored size and resized by torch: Decord's own resize fails on some
         # sizes (seen: 64 -> 48 gives "DECORDArrayCopyFromTo: The size must exactly match").
-        return _DecordVideo(self._decord.VideoReader(io.BytesIO(data), ctx=self.ctx, num_threads=threads))
+        reader = self._decord.VideoReader(io.BytesIO(data), ctx=self.ctx, num_threads=threads)
+        return _DecordVideo(reader, self.on_gpu)
 
     def wave(self, data: bytes, sample_rate: int) -> np.ndarray:
         audio = self._decord.AudioReader(io.BytesIO(data), sample_rate=sample_rate, mono=True)
@@ -242,10 +243,10 @@ def torchcodec_ffmpeg() -> str:
     import torchcodec  # noqa: F401  (ImportError: the extra is not installed)
     from torchcodec import _core
 
-    # TorchCodec loads the FFmpeg libraries (4-8) on import and keeps quiet when none are found;
-    # asking for them again raises its own explanation.
+    # TorchCodec loads the FFmpeg libraries on import and keeps quiet when none load (its image
+    # decoders need none); then the major version it records is None.
     if getattr(_core, "ffmpeg_major_version", None) is None:
-        _core.load_core_libraries()
+        raise RuntimeError("no FFmpeg 4-8 libraries (libavcodec, libavformat, ...) could be loaded")
     versions = _core.get_ffmpeg_library_versions()
     return str(versions.get("ffmpeg_version", _core.ffmpeg_major_version))
 
