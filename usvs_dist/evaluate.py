@@ -77,8 +77,14 @@ def other_shards_note(uri: str, run_id: str, location: str) -> str | None:
     except Exception as exc:  # an unreachable store: the check is skipped, saying so
         log.warning("could not read the run's shard set from MLflow: %s", redact(str(exc).splitlines()[0]))
         return None
-    now = index_sha256(location)
-    if not trained or trained == now:
+    if not trained:
+        return None
+    try:
+        now = index_sha256(location)
+    except (OSError, ValueError) as exc:  # evaluation itself reports an unreadable index
+        log.warning("could not compare the shards with the run's: %s", redact(str(exc).splitlines()[0]))
+        return None
+    if trained == now:
         return None
     return (
         f"these shards (index.json sha256 {now[:12]}…) are not the ones run {run_id} trained on "

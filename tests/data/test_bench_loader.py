@@ -19,7 +19,7 @@ def test_loader_bench_prints_the_table_and_the_figures_line(phantom_shards):
     )
     assert figures, lines[-1]
     decoders = usable_decoders()
-    names = {line[:50].strip().removesuffix(" (ceiling)") for line in lines}
+    names = {line[:64].strip().removesuffix(" (ceiling)") for line in lines}
     for decoder in decoders:
         assert {f"raw {decoder}", f"loader {decoder}, 1 worker", f"loader {decoder}, 2 workers"} <= names
     # vs_raw is against the faster raw decoder: its own row reads 1.000.

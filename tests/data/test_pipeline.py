@@ -332,7 +332,10 @@ def test_frames_cross_processes_as_uint8_and_are_finished_where_consumed(phantom
 
     cfg = _cfg(decoder=decoder, batch_size=3, num_frames=5, frame_size=32)
     loader = EpochLoader(cfg, phantom_shards, rank=0, world_size=1)
-    raw = next(iter(RankEpoch(cfg, loader.shards, loader.plan(0), 0, loader.clip_seconds)))
+    raw = next(
+        iter(RankEpoch(cfg, loader.shards, loader.plan(0), 0, loader.clip_seconds, decoder=loader.decoder))
+    )
+    assert loader.decoder.name == decoder
     stored = read_index(phantom_shards)["size"]
     # T clip frames + the image frame, at the stored size: the crop is drawn, not yet applied.
     assert raw["frames"].dtype == torch.uint8 and raw["frames"].shape == (3, 6, *stored)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     loss.add_argument("--dim", type=int, default=512, help="embedding size D")
     loss.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     loss.add_argument("--repeats", type=int, default=20)
-    loader = sub.add_parser("loader", help="loader clips/s vs raw Decord and a naive PyAV loop")
+    loader = sub.add_parser("loader", help="loader clips/s per decoder vs raw decoding and a naive PyAV loop")
     loader.add_argument("shards", nargs="?", help="local shard folder; omitted: the phantom cache")
     loader.add_argument("--clips", type=int, default=240, help="clips timed per path")
     loader.add_argument("--repeats", type=int, default=3)
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument(
         "--steps",
         type=int,
-        default=200,
-        help="pretraining steps per recipe: the fixed work the figures are comparable by (about 8 min "
-        "for the four recipes on 2 quiet CPU cores)",
+        default=400,
+        help="pretraining steps per recipe: the fixed work the figures are comparable by (4-7 min for "
+        "the four recipes on 2 CPU cores)",
     )
     learning.add_argument(
         "--budget",

@@ -183,14 +183,17 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _run_child(args: list[str], cwd: Path, log_path: Path, timeout: float) -> int | None:
-    """Run `python args` in its own process group, output to `log_path`; its exit status, or None
-    when it ran past `timeout` (then its group gets SIGINT, so Ray shuts down, and SIGKILL 20 s on)."""
+def _run_child(
+    args: list[str], cwd: Path, log_path: Path, timeout: float, env: dict[str, str] | None = None
+) -> int | None:
+    """Run `python args` in its own process group (`env` added to its environment), output to
+    `log_path`; its exit status, or None when it ran past `timeout` (then its group gets SIGINT,
+    so Ray shuts down, and SIGKILL 20 s on)."""
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, *args],
             cwd=cwd,
-            env=_child_env(),
+            env={**_child_env(), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -223,10 +226,17 @@ def gpu_tests(budget_s: float, workdir: Path, print_fn=print) -> str:
     if not (REPO / "tests").is_dir():
         print_fn("gpu tests: no tests/ folder beside the package (not a checkout); skipped")
         return "absent"
+    from usvs_dist.data.backends import torchcodec_unusable
+
     start = time.perf_counter()
     log_path = workdir / "pytest-gpu.log"
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", str(REPO / "tests")]
-    code = _run_child(args, REPO, log_path, budget_s)
+    # With TorchCodec installed its NVDEC tests must run: a skip would pass unverified.
+    why = torchcodec_unusable()
+    if why is not None:
+        print_fn(f"gpu tests: TorchCodec's NVDEC tests skip here: {why}")
+    required = {"USVS_TEST_REQUIRE_DECODERS": "decord,torchcodec"} if why is None else {}
+    code = _run_child(args, REPO, log_path, budget_s, required)
     seconds = time.perf_counter() - start
     lines = log_path.read_text(errors="replace").splitlines()
     summary = lines[-1] if lines else ""

@@ -181,16 +181,16 @@ def run(
         f"{data.batch_size}, augmentation {'on' if data.augment.enabled else 'off'}, "
         f"{data.decode_threads} decode thread(s); median of {repeats}; vs_raw against raw {fastest}"
     )
-    print_fn(f"{'path':<50}{'clips/s':>10}{'vs_raw':>9}{'vs_naive':>10}{'frames':>8}")
+    print_fn(f"{'path':<64}{'clips/s':>10}{'vs_raw':>9}{'vs_naive':>10}{'frames':>8}")
     for decoder, rate in raw.items():
         name = f"raw {decoder}" + (" (ceiling)" if decoder == fastest else "")
-        print_fn(f"{name:<50}{rate:>10.1f}{rate / raw[fastest]:>9.3f}")
-    print_fn(f"{'naive PyAV per file':<50}{naive:>10.1f}")
+        print_fn(f"{name:<64}{rate:>10.1f}{rate / raw[fastest]:>9.3f}")
+    print_fn(f"{'naive PyAV per file':<64}{naive:>10.1f}")
     for (decoder, workers, finish_on), rates in loader_rows.items():
         rate = statistics.median(rates)
         name = f"loader {decoder}, {shapes[workers, finish_on]}"
         frames = statistics.median(ratios[decoder])
-        print_fn(f"{name:<50}{rate:>10.1f}{rate / raw[fastest]:>9.3f}{rate / naive:>10.3f}{frames:>8.3f}")
+        print_fn(f"{name:<64}{rate:>10.1f}{rate / raw[fastest]:>9.3f}{rate / naive:>10.3f}{frames:>8.3f}")
     # The figures of record: one decoding core, finishing where training on this machine does.
     one = statistics.median(loader_rows[configured, 1, consumer if consumer == "cuda" else None])
     frames_ratio = statistics.median(ratios[configured])

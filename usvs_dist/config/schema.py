@@ -216,7 +216,7 @@ class DataConfig(Section):
     """Draw shards with replacement each epoch (clips may repeat) instead of exact epochs."""
     decoder: Literal["decord", "torchcodec", "auto"] = "decord"
     """Video and narration decoder (usvs_dist.data.backends): decord (bundled FFmpeg, CPU from
-    PyPI), torchcodec (`pip install -e ".[torchcodec]"` and the system's FFmpeg 4-8; NVDEC on
+    PyPI), torchcodec (`pip install -e ".[torchcodec]"` and the system's FFmpeg, 4 or later; NVDEC on
     NVIDIA GPUs from the same wheel), or auto (TorchCodec when it imports and finds FFmpeg)."""
     decode_threads: int = 1
     """Decoder threads per reader (0: the library's choice); more than 2 per loader worker

@@ -1,20 +1,24 @@
 """The decoders a clip's mp4 bytes go through: Decord or TorchCodec, behind one interface.
 
 `data.decoder` picks one (`decord`, `torchcodec`, or `auto`: TorchCodec when it imports and finds
-the system's FFmpeg libraries, else Decord) and `data.decode_device` where it decodes. Both give
+the system's FFmpeg libraries, else Decord; decided once per process) and `data.decode_device`
+where it decodes. Both give
 the loader (`usvs_dist.data.decode.ClipDecoder`) the same things: the clip's frame count and key
 frames, the grey channel of the frames it asks for as uint8 [N, H, W] (a CUDA tensor when decoding
 on the GPU), and the narration as mono float samples at the data config's rate. The shards store
 H.264 in yuv420p with grey pixels, so the first RGB channel is the grey level; the two backends'
 frames and narration agree on them (tests/data/test_backends.py, docs/measurements.md).
 
-GPU decoding: TorchCodec's PyPI wheel decodes on NVIDIA GPUs (NVDEC) beside a CUDA torch; Decord
-needs a CUDA build of its own (none on PyPI). Where the GPU is asked for and not usable, `gpu` is
-an error naming the key and `auto` decodes on the CPU with a warning.
+GPU decoding: TorchCodec's Linux wheel on PyPI (0.17) decodes on NVIDIA GPUs (NVDEC) beside a
+CUDA torch; Decord needs a CUDA build of its own (none on PyPI). Whether the GPU is usable is
+found by decoding a tiny H.264 clip there once per process (a CPU-only TorchCodec, a missing
+libnvcuvid or a fall-back to the CPU all count as not usable). Where the GPU is asked for and not
+usable, `gpu` is an error naming the key and `auto` decodes on the CPU with a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from abc import ABC, abstractmethod
@@ -170,7 +174,8 @@ class _TorchCodecVideo:
 
 
 class TorchCodecBackend(Backend):
-    """TorchCodec with the system's FFmpeg (4-8): CPU, and NVDEC on an NVIDIA GPU from the same wheel."""
+    """TorchCodec with the system's FFmpeg (4 and later): CPU, and NVDEC on an NVIDIA GPU from the
+    same wheel."""
 
     name = "torchcodec"
 
@@ -240,15 +245,19 @@ def torchcodec_version() -> str:
 
 def torchcodec_ffmpeg() -> str:
     """The FFmpeg release TorchCodec loaded; raises ImportError or RuntimeError saying why it cannot."""
-    import torchcodec  # noqa: F401  (ImportError: the extra is not installed)
-    from torchcodec import _core
+    import torchcodec  # ImportError: the extra is not installed
 
     # TorchCodec loads the FFmpeg libraries on import and keeps quiet when none load (its image
     # decoders need none); then the major version it records is None.
-    if getattr(_core, "ffmpeg_major_version", None) is None:
-        raise RuntimeError("no FFmpeg 4-8 libraries (libavcodec, libavformat, ...) could be loaded")
-    versions = _core.get_ffmpeg_library_versions()
-    return str(versions.get("ffmpeg_version", _core.ffmpeg_major_version))
+    major = getattr(torchcodec, "ffmpeg_major_version", None)
+    if major is None:
+        raise RuntimeError("no FFmpeg libraries (libavcodec, libavformat, ... 4 or later) could be loaded")
+    try:  # the full release, for logs and the run's tag; TorchCodec's own helper, not yet public
+        from torchcodec._core import get_ffmpeg_library_versions
+
+        return str(get_ffmpeg_library_versions()["ffmpeg_version"])
+    except Exception:
+        return str(major)
 
 
 def torchcodec_unusable() -> str | None:
@@ -257,7 +266,7 @@ def torchcodec_unusable() -> str | None:
         torchcodec_ffmpeg()
     except ImportError:
         return 'TorchCodec is not installed (pip install -e ".[torchcodec]")'
-    except Exception as exc:  # TorchCodec's own RuntimeError when no FFmpeg 4-8 loads
+    except Exception as exc:  # RuntimeError when no FFmpeg loads
         return f"TorchCodec finds no FFmpeg libraries (apt-get install ffmpeg): {str(exc).splitlines()[0]}"
     return None
 
@@ -280,6 +289,13 @@ def choose_decoder(setting: str) -> str:
         raise ConfigError(
             f"config key data.decoder={setting!r} is invalid: expected decord, torchcodec or auto"
         )
+    return _auto_decoder()
+
+
+@functools.cache
+def _auto_decoder() -> str:
+    """`auto` resolved and said once per process (the libraries installed do not change)."""
+    why = torchcodec_unusable()
     if why is not None:
         log.info("data.decoder=auto: decoding with Decord (%s)", why)
         return "decord"
@@ -294,7 +310,44 @@ def gpu_unusable(name: str, local_rank: int) -> str | None:
     if name == "decord":
         why = decord_has_cuda(local_rank)
         return None if why is None else f"{why}; data.decoder=torchcodec decodes on the GPU from PyPI wheels"
-    return None  # TorchCodec's wheel carries NVDEC; a stream NVDEC refuses falls back, with a warning
+    return nvdec_unusable(local_rank)
+
+
+@functools.cache
+def nvdec_unusable(local_rank: int) -> str | None:
+    """None when TorchCodec decodes a small H.264 clip with NVDEC on GPU `local_rank`, else why not.
+
+    Tried once per process: a CPU-only TorchCodec build fails on the device, and one without the
+    driver's libnvcuvid (a container lacking the `video` capability) falls back to the CPU.
+    """
+    try:
+        from torchcodec.decoders import VideoDecoder
+
+        decoder = VideoDecoder(_probe_clip(), device=f"cuda:{local_rank}", seek_mode="exact")
+        frame = decoder.get_frame_at(0).data
+        fallback = decoder.cpu_fallback
+    except Exception as exc:  # TorchCodec's RuntimeError/ValueError; ImportError without it
+        return f"TorchCodec cannot decode on cuda:{local_rank} ({str(exc).splitlines()[0]})"
+    if bool(fallback):
+        return f"TorchCodec falls back to the CPU on cuda:{local_rank} ({str(fallback).splitlines()[0]})"
+    if frame.device.type != "cuda":
+        return f"TorchCodec returned frames on {frame.device.type}, not cuda:{local_rank}"
+    return None
+
+
+def _probe_clip() -> bytes:
+    """A 128 x 128 H.264 (yuv420p) mp4 of 4 grey frames, as the shards store clips."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+        for level in (60, 90, 120, 150):
+            image = np.full((128, 128, 3), level, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return buf.getvalue()
 
 
 def decodes_on_gpu(name: str, setting: str, use_gpu: bool, local_rank: int) -> bool:
@@ -328,7 +381,7 @@ def open_backend(name: str, on_gpu: bool = False, local_rank: int = 0) -> Backen
 @dataclass(frozen=True)
 class DecoderChoice:
     """Which backend decodes and where: resolved once in the process that builds the loader, and
-    opened in each loader worker (it pickles; the backends' libraries stay out of the parent)."""
+    opened by each loader worker (a name and a device pickle; an opened backend need not)."""
 
     name: str
     on_gpu: bool = False

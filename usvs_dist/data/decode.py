@@ -189,6 +189,15 @@ class TarErrors:
         return True
 
 
+def device_fault(exc: BaseException) -> bool:
+    """Whether an error decoding on the GPU is the device's (out of memory, CUDA, NVDEC) rather
+    than the clip's."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or any(
+        word in text for word in ("CUDA", "cuda", "NVDEC", "nvdec", "cuvid", "NPP")
+    )
+
+
 class ClipDecoder:
     """Picklable sample -> tensors map; the worker id and the decoder backend are opened on first
     use, inside the loader worker (random draws come from `sample_rng`, one per sample)."""
@@ -199,9 +208,9 @@ class ClipDecoder:
         clip_seconds: float,
         rank: int,
         train: bool,
-        decoder: DecoderChoice | None = None,
         epoch: int = 0,
         *,
+        decoder: DecoderChoice | None = None,
         classes: int = len(schema.PLANES),
         audio: bool = True,
     ):
@@ -271,6 +280,8 @@ class ClipDecoder:
         try:
             return self._decode(sample)
         except self._errors as exc:
+            if self._backend.on_gpu and device_fault(exc):
+                raise  # the GPU's fault, not the sample's: never counted as bad data
             self.count_bad(str(exc).splitlines()[0], key, url)
             return None
 

@@ -41,16 +41,17 @@ class RankEpoch(IterableDataset):
         rank: int,
         clip_seconds: float,
         positions: Positions | None = None,
-        decoder: DecoderChoice | None = None,
         finish_in_worker: bool = False,
         *,
+        decoder: DecoderChoice | None = None,
         classes: int = len(schema.PLANES),
         audio: bool = True,
     ):
+        """`decoder`: the resolved `data.decoder` and device (None: `data.decoder` on the CPU)."""
         super().__init__()
         self.cfg, self.shards, self.plan, self.rank = cfg, shards, plan, rank
         self.clip_seconds, self.positions = clip_seconds, dict(positions or {})
-        self.decoder = decoder or DecoderChoice("decord")
+        self.decoder = decoder or resolve_decoder(cfg.decoder, "cpu")
         self.finish_in_worker = finish_in_worker
         self.classes, self.audio = classes, audio
 
@@ -319,8 +320,8 @@ class EpochLoader:
             self.rank,
             self.clip_seconds,
             positions,
-            self.decoder,
             finish_in_worker=in_workers,
+            decoder=self.decoder,
             classes=len(self.vocabulary.classes),
             audio=self.audio,
         )
@@ -330,7 +331,8 @@ class EpochLoader:
             dataset,
             batch_size=None,
             num_workers=workers,
-            # CUDA (decoding on the GPU) cannot run in forked workers.
+            # CUDA (decoding on the GPU) cannot run in forked workers; each spawned worker holds
+            # a CUDA context and decoder of its own on the training GPU (README, "Decoders").
             multiprocessing_context="spawn" if on_gpu and workers > 0 else None,
             pin_memory=self.use_gpu and not on_gpu,
         )

@@ -32,6 +32,15 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def gather_strings(text: str) -> list[str]:
+    """Every rank's `text`, in rank order (a collective: every rank calls it); [text] without a group."""
+    if not is_distributed():
+        return [text]
+    out: list[str] = [""] * world_size()
+    dist.all_gather_object(out, text)
+    return out
+
+
 def gather_with_grad(x_BD: torch.Tensor) -> torch.Tensor:
     """All ranks' rows concatenated in rank order, [W*B, D], with gradients flowing back.
 

@@ -16,6 +16,7 @@ import torch
 
 from usvs_dist.config import RootConfig, from_dict
 from usvs_dist.data.pipeline import EpochLoader
+from usvs_dist.dist.collectives import gather_strings
 from usvs_dist.dist.engine import build_engine, gathered_params
 from usvs_dist.losses import check_objective
 from usvs_dist.models import build_model
@@ -39,6 +40,14 @@ def _tracker(cfg: RootConfig, loop_config: dict, rank: int) -> Tracker:
         system_metrics=cfg.tracking.system_metrics,
         sampling_interval=cfg.tracking.system_metrics_interval,
     )
+
+
+def decoders_tag(described: list[str]) -> str:
+    """The run's `usvs.decoder` tag from every rank's decoder: one line when they agree, else
+    each rank's (`auto` settings resolve per machine)."""
+    if len(set(described)) == 1:
+        return described[0]
+    return "; ".join(f"rank {r}: {d}" for r, d in enumerate(described))
 
 
 def _evaluate(model, cfg: RootConfig, periodic: PeriodicEval | None) -> dict[str, float]:
@@ -73,16 +82,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Views, augmentations and dropout draw differently on each rank (a resume restores the state).
     torch.manual_seed(random.Random(f"{cfg.train.seed}-rank-{rank}").getrandbits(63))
     shards = loop_config["shards"]
-    loader = EpochLoader(
-        cfg.data, shards, rank, world, cfg.train.use_gpu, ctx.get_local_rank(), audio=reads_narration(needs)
-    )
+    # Decoding on the GPU uses the one this rank trains on (Ray may list a node's GPUs to each worker).
+    on_cuda = engine.device.type == "cuda"
+    gpu = (engine.device.index or 0) if on_cuda else ctx.get_local_rank()
+    loader = EpochLoader(cfg.data, shards, rank, world, cfg.train.use_gpu, gpu, audio=reads_narration(needs))
+    decoders = gather_strings(loader.decoder.describe())  # a collective: before rank 0 goes its own way
     checkpointer = Checkpointer(cfg, loop_config, rank, world)
     state = checkpointer.resume(engine, loader)
     if state.step >= cfg.train.steps:
         return checkpointer.report_finished(state)
     tracker = _tracker(cfg, loop_config, rank)
-    if rank == 0:  # which decoder read the data, and where (data.decoder=auto decides per machine)
-        tracker.set_tags({"usvs.decoder": loader.decoder.describe()})
+    if rank == 0:  # which decoder read the data, and where, on every rank
+        tracker.set_tags({"usvs.decoder": decoders_tag(decoders)})
     if checkpointer.resumed:  # visible in MLflow: where each restart of the worker group picked up
         tracker.log_metrics({"resumed_from_step": state.step}, state.step)
     periodic = PeriodicEval(cfg, shards) if cfg.eval.every and rank == 0 else None
