@@ -51,6 +51,16 @@ def _write(path, sweep: dict, base: dict):
             "recipe 'usvs2020' does not use objective.pi",
         ),
         ({"objective.margin": {"type": "choice", "values": [0.1]}}, "does not use objective.margin"),
+        # Values a trial could draw that the config refuses: found before any trial starts.
+        (
+            {"objective.temperature": {"type": "uniform", "low": 0.05, "high": 1.5}},
+            r"sweep.space.objective.temperature: a trial could draw objective.temperature=1.5: "
+            r"config key objective.temperature=1.5 is invalid: expected a float in \(0, 1\]",
+        ),
+        (
+            {"objective.self_paced.schedule": {"type": "choice", "values": ["linear", "cosin"]}},
+            "a trial could draw objective.self_paced.schedule='cosin': .*expected one of linear, cosine",
+        ),
     ],
 )
 def test_bad_search_spaces_are_refused_naming_the_parameter(space, message, tmp_path):

@@ -18,8 +18,10 @@ base: {...}                       # any training config (the same keys as config
 The `sweep:` section is a typed config (SweepConfig), built and checked like the training config
 (unknown keys, named with the nearest valid one; types, choices, ranges); with the base it becomes
 a Sweep, which checks every searched key before a trial starts: it must be a config key, its range
-non-empty, and the recipe must read it. A trial's parameters reach its config through
-`config.apply_overrides`, as the command line's `section.key=value` do.
+non-empty, the recipe must read it, and every value a trial can draw must be valid for it (each
+choice or grid value, and both ends of a range, applied to the base one key at a time). A trial's
+parameters reach its config through `config.apply_overrides`, as the command line's
+`section.key=value` do.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from usvs_dist.config import (
     ConfigError,
     RootConfig,
     Section,
+    apply_overrides,
     check_choices,
     flatten,
     from_dict,
@@ -154,6 +157,11 @@ class Sweep(SweepConfig):
                     f"{where}: recipe {self.base.objective.recipe!r} does not use {key}; "
                     "sweeping it changes nothing"
                 )
+            for value in drawable_extremes(self.space[key]):
+                try:
+                    apply_overrides(self.base, {key: value})
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: a trial could draw {key}={value!r}: {exc}") from exc
         every = self.base.eval.key("every")
         self.require(
             not self.metric.startswith("eval/") or self.base.eval.every > 0,
@@ -163,6 +171,16 @@ class Sweep(SweepConfig):
 
 
 name_sections(SweepConfig, "sweep")
+
+
+def drawable_extremes(spec: ParamSpec) -> list[Any]:
+    """The values that stand for all a checked spec can draw: every value of a list, both ends of
+    a range (randint's high is exclusive). Config checks are ranges, so the ends decide a range."""
+    if spec.type in ("choice", "grid"):
+        return list(spec.values or [])
+    if spec.type == "randint":
+        return [int(spec.low), int(math.ceil(spec.high)) - 1]
+    return [spec.low, spec.high]
 
 
 def load_sweep(path: str | Path) -> Sweep:
