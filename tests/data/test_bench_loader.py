@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from usvs_dist.bench.loader import run, usable_decoders
+from usvs_dist.bench.loader import run
+from usvs_dist.data.backends import usable_decoders
 
 
 def test_loader_bench_prints_the_table_and_the_figures_line(phantom_shards):

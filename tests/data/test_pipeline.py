@@ -20,7 +20,7 @@ from tests.data.shardkit import phantom_samples, write_shards
 from usvs_dist.config import AugmentConfig, ConfigError, DataConfig
 from usvs_dist.data import epoch as epoch_mod
 from usvs_dist.data import schema
-from usvs_dist.data.backends import resolve_decoder
+from usvs_dist.data.backends import decord_has_cuda, resolve_decoder
 from usvs_dist.data.decode import read_wave, sample_frame_indices
 from usvs_dist.data.epoch import plan_epoch, read_order, read_stream
 from usvs_dist.data.pipeline import EpochLoader
@@ -303,15 +303,7 @@ def test_frame_indices_are_uniform_and_in_range():
         assert len(idx) == t and all(0 <= i < n for i in idx) and idx == sorted(idx)
 
 
-def _decord_has_cuda() -> bool:
-    try:
-        decord.nd.empty((1,), ctx=decord.gpu(0))
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_decord_has_cuda(), reason="this Decord is built with CUDA, so GPU decode works")
+@pytest.mark.skipif(decord_has_cuda() is None, reason="this Decord is built with CUDA, so GPU decode works")
 def test_gpu_decode_without_cuda_decord_is_a_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match="config key data.decode_device=gpu cannot be used"):
         resolve_decoder("decord", "gpu", use_gpu=True, local_rank=0)

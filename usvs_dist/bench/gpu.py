@@ -441,10 +441,9 @@ def run(
 
         # The loader with each decoder this machine has (TorchCodec: NVDEC); the faster one counts.
         loader_rate = 0.0
-        for decoder in backends.DECODERS:
-            if decoder == "torchcodec" and (why := backends.torchcodec_unusable()) is not None:
-                print_fn(f"loader alone with torchcodec: not run, {why}")
-                continue
+        if (why := backends.torchcodec_unusable()) is not None:
+            print_fn(f"loader alone with torchcodec: not run, {why}")
+        for decoder in backends.usable_decoders():
             data = replace(cfg.data, decoder=decoder)
             choice = backends.resolve_decoder(decoder, data.decode_device, True, 0)
             rate, batches = time_loader(data, shards)

@@ -34,7 +34,13 @@ import numpy as np
 import torch
 
 from usvs_dist.config import DataConfig, load_config
-from usvs_dist.data.backends import DECODERS, Backend, choose_decoder, open_backend, torchcodec_unusable
+from usvs_dist.data.backends import (
+    Backend,
+    choose_decoder,
+    open_backend,
+    torchcodec_unusable,
+    usable_decoders,
+)
 from usvs_dist.data.decode import MelPower, frames_to_decode, sample_frame_indices
 from usvs_dist.data.pipeline import EpochLoader
 from usvs_dist.data.shards import load_index, split_shards
@@ -66,11 +72,6 @@ def raw_decode(cfg: DataConfig, clips: list[bytes], backend: Backend) -> float:
         video.grey(wanted, list(range(len(wanted))))
         backend.wave(data, cfg.sample_rate)
     return len(clips) / (time.perf_counter() - start)
-
-
-def usable_decoders() -> list[str]:
-    """The decoders this machine has: Decord, and TorchCodec when it imports and finds FFmpeg."""
-    return [d for d in DECODERS if d != "torchcodec" or torchcodec_unusable() is None]
 
 
 def naive_pyav(cfg: DataConfig, clips: list[bytes]) -> float:

@@ -271,6 +271,11 @@ def torchcodec_unusable() -> str | None:
     return None
 
 
+def usable_decoders() -> list[str]:
+    """The decoders this machine has: Decord, and TorchCodec when it imports and finds FFmpeg."""
+    return [d for d in DECODERS if d != "torchcodec" or torchcodec_unusable() is None]
+
+
 def choose_decoder(setting: str) -> str:
     """`data.decoder` resolved to a backend name: `auto` is TorchCodec when usable, else Decord.
 
